@@ -1,0 +1,5 @@
+"""Drop-in torch.nn modules over fastgan.functional."""
+
+from .layers import MinibatchStdDev, PixelNorm
+
+__all__ = ["MinibatchStdDev", "PixelNorm"]

@@ -1,0 +1,1 @@
+"""One file per fused op: its math, reference, Triton kernels and torch.library registration."""

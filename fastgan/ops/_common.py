@@ -1,0 +1,96 @@
+"""Helpers shared by the op files: input checks, strided views, launch sizes, reference vjps."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_tensor(t, name: str, *, min_dim: int = 1, ndim: int | None = None) -> None:
+    """Raise TypeError/ValueError naming `name` unless `t` is a floating tensor of the right rank."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dims, got shape {tuple(t.shape)}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on one device, got {listed}")
+
+
+def normalize_dim(dim: int, ndim: int, name: str = "dim") -> int:
+    if not isinstance(dim, int) or not -ndim <= dim < ndim:
+        raise ValueError(f"{name} must be an int in [{-ndim}, {ndim}), got {dim!r}")
+    return dim % ndim
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Triton accumulation type: fp64 for fp64 tensors, fp32 for everything else."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _merge_dims(sizes, strides) -> tuple[int, int] | None:
+    """(size, stride) of consecutive dims seen as one dim, or None when they cannot be."""
+    size, stride = 1, 0
+    for sz, st in zip(reversed(sizes), reversed(strides)):
+        if sz == 1:
+            continue
+        if size == 1:
+            size, stride = sz, st
+        elif st == stride * size:
+            size *= sz
+        else:
+            return None
+    return size, stride
+
+
+def view3(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int, int]]:
+    """`t` as [outer, t.shape[dim], inner] without a copy when its strides allow (NCHW,
+    channels_last, stride-0 expands all do), else after `.contiguous()`.
+    Returns (tensor, sizes, strides) of that 3-D view."""
+    shape, strides = t.shape, t.stride()
+    outer = _merge_dims(shape[:dim], strides[:dim])
+    inner = _merge_dims(shape[dim + 1:], strides[dim + 1:])
+    if outer is None or inner is None:
+        return view3(t.contiguous(), dim)
+    return t, (outer[0], shape[dim], inner[0]), (outer[1], strides[dim], inner[1])
+
+
+def empty_like3(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """An uninitialized tensor like `t` (same memory format where possible) whose strides collapse
+    to the [outer, C, inner] view of `view3` without a copy."""
+    out = torch.empty_like(t)
+    shape, strides = out.shape, out.stride()
+    if _merge_dims(shape[:dim], strides[:dim]) and _merge_dims(shape[dim + 1:], strides[dim + 1:]):
+        return out
+    return torch.empty(shape, dtype=t.dtype, device=t.device)
+
+
+def reference_vjp(fn, primals: tuple, cotangents):
+    """Vector-Jacobian product of the plain-torch `fn`, itself differentiable: the third and
+    higher derivatives of an op run through its reference."""
+    _, pullback = torch.func.vjp(fn, *primals)
+    return pullback(cotangents)
+
+
+cdiv = triton.cdiv
+next_power_of_2 = triton.next_power_of_2
+
+
+@triton.jit
+def rsqrt(v):
+    """1/sqrt(v); fp64 goes through sqrt and a division (tl.rsqrt is an fp32 approximation)."""
+    if v.dtype == tl.float64:
+        return 1.0 / tl.sqrt(v)
+    else:
+        return tl.rsqrt(v)
