@@ -1,0 +1,1 @@
+"""fastgan benchmarks (a package, so its conftest never shadows tests/conftest.py)."""
