@@ -16,9 +16,9 @@ from ._backend import (  # noqa: E402
     set_backend,
     use_backend,
 )
-from . import functional, nn  # noqa: E402
+from . import functional, losses, nn, penalties  # noqa: E402
 
 __all__ = [
     "BACKENDS", "BackendFallbackWarning", "available_backends", "get_backend", "set_backend",
-    "use_backend", "functional", "nn", "__version__",
+    "use_backend", "functional", "losses", "nn", "penalties", "__version__",
 ]

@@ -94,3 +94,58 @@ def rsqrt(v):
         return 1.0 / tl.sqrt(v)
     else:
         return tl.rsqrt(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Added for ops/grad_penalty.py (per-sample reductions over a flat [N, M] view).
+
+@triton.jit
+def sqrt(v):
+    """IEEE-rounded sqrt: tl.sqrt_rn for fp32 (tl.sqrt may be an approximation), tl.sqrt for fp64."""
+    if v.dtype == tl.float64:
+        return tl.sqrt(v)
+    else:
+        return tl.sqrt_rn(v)
+
+
+def sample_block(t: torch.Tensor) -> tuple[int, int] | None:
+    """(M, batch_stride) when each sample t[n] fills the M memory slots t.data + n*batch_stride +
+    [0, M) exactly (some permutation of its dims is dense, as for NCHW and channels_last) and the
+    whole tensor is dense, so that `torch.empty_like(t)` has the same strides; else None."""
+    sizes, strides = t.shape[1:], t.stride()[1:]
+    dims = sorted((st, sz) for sz, st in zip(sizes, strides) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return None
+        expected *= sz
+    m = expected
+    if t.shape[0] > 1 and t.stride(0) != m:
+        return None
+    return m, (t.stride(0) if t.shape[0] > 1 else m)
+
+
+def cuda_op_available(name: str) -> bool:
+    """Whether `torch.ops.fastgan_cuda.<name>` exists and has a CUDA kernel (never builds)."""
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{name}", "CUDA"))
+    except RuntimeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Added for ops/bias_act.py.
+
+@triton.jit
+def as_acc(v, ACC: tl.constexpr):
+    """A float kernel argument as an ACC scalar. Annotate the argument `tl.float64`: a compiled
+    kernel then receives it in double precision (an unannotated Python float arrives as fp32)
+    and fp64 kernels use it exactly, fp32 kernels round it once; the interpreter passes the
+    Python float itself. (Multiplying by an ACC 1.0 works in both modes; `.to` alone does not
+    exist on the interpreter's Python floats.)"""
+    return (v * tl.full([], 1.0, ACC)).to(ACC)
+
+
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    """torch twin of `acc_dtype`: fp64 for fp64 tensors, fp32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
