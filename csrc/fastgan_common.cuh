@@ -97,6 +97,35 @@ inline cudaError_t dispatch_dtype(DType dtype, Fn&& fn) {
   return cudaErrorInvalidValue;
 }
 
+// Load / store of one scalar whose dtype is only known at run time (Vec / CVec: a bias or a
+// per-sample vector that may differ in dtype from the call's main tensors). Uniform branch.
+template <typename A>
+__device__ __forceinline__ A ld_as(const void* base, int64_t off, DType dtype) {
+  switch (dtype) {
+    case DType::Float64: return static_cast<A>(static_cast<const double*>(base)[off]);
+    case DType::Float16: return static_cast<A>(__half2float(static_cast<const __half*>(base)[off]));
+    case DType::BFloat16:
+      return static_cast<A>(__bfloat162float(static_cast<const __nv_bfloat16*>(base)[off]));
+    default: return static_cast<A>(static_cast<const float*>(base)[off]);
+  }
+}
+__device__ __forceinline__ void st_as(void* base, int64_t off, DType dtype, float v) {
+  switch (dtype) {
+    case DType::Float64: static_cast<double*>(base)[off] = static_cast<double>(v); break;
+    case DType::Float16: static_cast<__half*>(base)[off] = __float2half_rn(v); break;
+    case DType::BFloat16: static_cast<__nv_bfloat16*>(base)[off] = __float2bfloat16_rn(v); break;
+    default: static_cast<float*>(base)[off] = v; break;
+  }
+}
+__device__ __forceinline__ void st_as(void* base, int64_t off, DType dtype, double v) {
+  switch (dtype) {
+    case DType::Float64: static_cast<double*>(base)[off] = v; break;
+    case DType::Float16: static_cast<__half*>(base)[off] = __double2half(v); break;
+    case DType::BFloat16: static_cast<__nv_bfloat16*>(base)[off] = __double2bfloat16(v); break;
+    default: static_cast<float*>(base)[off] = static_cast<float>(v); break;
+  }
+}
+
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -85,4 +85,78 @@ cudaError_t minibatch_stddev_double_backward(DType dtype, const MinibatchStddevP
                                              CView4 gg, CView4 dy, CView4 x, void* workspace,
                                              cudaStream_t stream);
 
+// ---------------------------------------------------------------------------------------------
+// Vectors of N (or C) scalars of any supported float dtype, independent of the call's dtype
+// (a fp32 bias with fp16 x, fp32 penalty gradients with a bf16 g): one int64 element stride
+// (0 allowed for an expand) and their own dtype tag. data == nullptr means "absent".
+// ---------------------------------------------------------------------------------------------
+struct Vec { void* data; int64_t stride; DType dtype; };
+struct CVec { const void* data; int64_t stride; DType dtype; };
+
+// ---------------------------------------------------------------------------------------------
+// bias_act along one dim. Tensors are seen as [outer, C, inner] (View3 / CView3, as pixel_norm);
+// v = x + b[c] (b optional, any float dtype), computed in fp32 (fp64 for fp64 x):
+//   forward:          y = act(v) * gain,  act: linear v | relu max(v, 0) (NaN stays NaN) |
+//                                              lrelu v > 0 ? v : alpha*v
+//                     mask (optional, uint8 = torch.bool, [outer, C, inner]) = [v > 0]
+//   backward:         dx = dy * gain * s,  s = 1 (linear) | m (relu) | m ? 1 : alpha (lrelu),
+//                     m = mask != 0 (mask unused for linear);
+//                     db (optional, acc_t[C] contiguous: fp32, fp64 for fp64) = sum of dx (in
+//                     the accumulation type, before rounding dx) over outer and inner
+//   double backward:  g_dy = (gg_x + gg_b[c]) * gain * s   (gg_b optional, any float dtype)
+// All tensors of one call share outer/C/inner; each has its own strides (0 allowed for inputs).
+// db is a two-stage reduction (per-program partials, then a fixed-order sum), no atomics: the
+// backward needs bias_act_backward_workspace_bytes() bytes of device workspace (0: none; any
+// alignment >= 16, no init), computed from the same params and views as the launch.
+// ---------------------------------------------------------------------------------------------
+enum class Act : int { Linear = 0, ReLU = 1, LReLU = 2 };
+struct BiasActParams {
+  int64_t outer, channels, inner;
+  Act act;
+  double alpha, gain;
+};
+
+cudaError_t bias_act_forward(DType dtype, const BiasActParams& p, View3 y, View3 mask, CView3 x,
+                             CVec b, cudaStream_t stream);
+size_t bias_act_backward_workspace_bytes(DType dtype, const BiasActParams& p, View3 dx,
+                                         CView3 dy, CView3 mask, bool with_db);
+cudaError_t bias_act_backward(DType dtype, const BiasActParams& p, View3 dx, void* db, CView3 dy,
+                              CView3 mask, void* workspace, cudaStream_t stream);
+cudaError_t bias_act_double_backward(DType dtype, const BiasActParams& p, View3 g_dy,
+                                     CView3 gg_x, CVec gg_b, CView3 mask, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// grad_penalty: per-sample norm and penalty of a gradient batch g [N, ...]. Each sample is M
+// consecutive memory slots: sample n = data + n*s_n + [0, M) (any dense layout of a sample:
+// NCHW, channels_last, ...). Accumulation in fp32 (fp64 for fp64 g); t = target, w = weight.
+//   forward:   ss_n = sum g_n^2, norm_n = sqrt(ss_n),
+//              p_n = r1 ? w*ss_n : w*(norm_n - t)^2 / t^2;  p, norm: acc_t[N] contiguous
+//   backward:  inv_n = norm_n > 0 ? 1/norm_n : 0,
+//              c_n = r1 ? dp_n*2w + dnorm_n*inv_n : dp_n*(2w/t^2)*(norm_n - t)*inv_n + dnorm_n*inv_n
+//              dg_n = c_n * g_n                            (dnorm optional: 0 when absent)
+//   double backward (gg like g):  s_n = <gg_n, g_n>,  g_g_n = c_n * gg_n,
+//              g_dp_n = s_n * (r1 ? 2w : (2w/t^2)*(norm_n - t)*inv_n),   g_dnorm_n = s_n * inv_n,
+//              g_norm_n = s_n * ((r1 ? 0 : dp_n*(2w/t^2)*t*inv_n^2) - dnorm_n*inv_n^2)
+// dp, dnorm, norm, g_dp, g_dnorm, g_norm are Vec/CVec of N (any float dtype, strides incl. 0).
+// The sums over a sample are two-stage (per-chunk partials, then a fixed-order sum per sample),
+// no atomics; forward and double backward need grad_penalty_workspace_bytes() of workspace.
+// ---------------------------------------------------------------------------------------------
+struct Samples { void* data; int64_t s_n; };
+struct CSamples { const void* data; int64_t s_n; };
+struct GradPenaltyParams {
+  int64_t N, M;
+  double weight, target;
+  bool r1;
+};
+
+size_t grad_penalty_workspace_bytes(DType dtype, const GradPenaltyParams& p);
+cudaError_t grad_penalty_forward(DType dtype, const GradPenaltyParams& p, void* penalty,
+                                 void* norm, CSamples g, void* workspace, cudaStream_t stream);
+cudaError_t grad_penalty_backward(DType dtype, const GradPenaltyParams& p, Samples dg, CVec dp,
+                                  CVec dnorm, CSamples g, CVec norm, cudaStream_t stream);
+cudaError_t grad_penalty_double_backward(DType dtype, const GradPenaltyParams& p, Vec g_dp,
+                                         Vec g_dnorm, Samples g_g, Vec g_norm, CSamples gg,
+                                         CVec dp, CVec dnorm, CSamples g, CVec norm,
+                                         void* workspace, cudaStream_t stream);
+
 }  // namespace fastgan

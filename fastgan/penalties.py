@@ -274,9 +274,8 @@ def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, *,
     n = real.shape[0]
     real, fake = real.detach(), fake.detach()
     eps = _epsilon(epsilon, n, real, generator).to(real.dtype).view(n, *([1] * (real.dim() - 1)))
-    with torch.no_grad():
-        x_hat = eps * real + (1 - eps) * fake
-    x_hat.requires_grad_(True)
+    # eps*real + (1-eps)*fake as one elementwise kernel (torch.lerp: fake + eps*(real - fake)).
+    x_hat = torch.lerp(fake, real, eps).requires_grad_(True)
     with torch.enable_grad():
         g = input_gradient(discriminator, x_hat)
         return _reduce(_fused_penalty(g, weight, target, "gp"), reduction)
