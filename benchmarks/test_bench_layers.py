@@ -304,7 +304,7 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
     if provider == "compile" and pass_ == "gp" and _COMPILE_GP_FAILURE:
         skip(f"torch.compile of the eager layer failed on the first gp case: "
              f"{_COMPILE_GP_FAILURE[0]}")
-    if provider == "cuda" and not _cuda_has("bias_act_forward"):
+    if provider == "cuda" and not _cuda_has("bias_act"):
         skip("the CUDA extension has no bias_act kernels yet")
     mismatch = None
     try:
@@ -356,9 +356,9 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
 
 def _cuda_has(op_name: str) -> bool:
     try:
-        from fastgan.ops import _common
+        from fastgan import _backend
 
-        return _common.cuda_op_available(op_name)
+        return _backend.has_cuda_kernels(op_name)
     except Exception:
         return False
 

@@ -249,9 +249,9 @@ def _skip_reason(provider) -> str | None:
         ok, why = B.provider_status("cuda", DEVICE)
         if not ok:
             return why
-        from fastgan.ops import _common
+        from fastgan import _backend
 
-        if not _common.cuda_op_available("grad_penalty_forward"):
+        if not _backend.has_cuda_kernels("grad_penalty"):
             return "the CUDA extension has no grad_penalty kernels yet"
     if provider.startswith("triton"):
         ok, why = B.provider_status("triton", DEVICE)

@@ -136,7 +136,13 @@ def resolve(tensor: torch.Tensor, op: str) -> str:
     if name == "ref":
         return "ref"
     if name == "auto":
-        return _auto_choice() if device == "cuda" else "ref"
+        if device != "cuda":
+            return "ref"
+        if _auto_choice() == "cuda":
+            if has_cuda_kernels(op):
+                return "cuda"
+            _warn_once(f"{op}-cuda", f"fastgan: {_missing_kernels(op)}; using Triton kernels.")
+        return "triton"
     if device not in ("cuda", "cpu"):
         raise RuntimeError(f"fastgan backend {name!r} cannot run {op} on {device} tensors")
     if name == "triton":
@@ -150,4 +156,20 @@ def resolve(tensor: torch.Tensor, op: str) -> str:
     from . import _ext
 
     _ext.load(build=True)
+    if not has_cuda_kernels(op):
+        raise RuntimeError(f"fastgan backend 'cuda' cannot run {op}: {_missing_kernels(op)}")
     return "cuda"
+
+
+def has_cuda_kernels(op: str) -> bool:
+    """Whether the loaded extension registers CUDA kernels for `op` (an extension built from
+    older sources may lack a newer op's). Never builds or loads anything."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{op}_forward", "CUDA")
+    except RuntimeError:  # schema not defined
+        return False
+
+
+def _missing_kernels(op: str) -> str:
+    return (f"the loaded fastgan CUDA extension has no {op} kernels (fastgan_cuda::{op}_forward); "
+            "rebuild it with `python -m fastgan.build`")

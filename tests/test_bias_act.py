@@ -411,14 +411,3 @@ def test_kernels_compile_for_sm90():
             assert r["vector_loads"] > 0, r
         if r["dtype"] != "fp64":
             assert r["f64"] <= 8, r
-
-
-def test_missing_cuda_kernel_falls_back_or_raises(monkeypatch):
-    """A built extension without bias_act's kernels: "auto" warns and uses Triton, an explicit
-    "cuda" raises saying how to rebuild."""
-    monkeypatch.setattr(ba._backend, "resolve", lambda t, op: "cuda")
-    monkeypatch.setattr(ba.C_, "cuda_op_available", lambda name: False)
-    with pytest.warns(fastgan.BackendFallbackWarning, match="bias_act"):
-        assert ba._kernel_backend(torch.ones(2, 3)) == "triton"
-    with fastgan.use_backend("cuda"), pytest.raises(RuntimeError, match="fastgan.build"):
-        ba._kernel_backend(torch.ones(2, 3))

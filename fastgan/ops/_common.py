@@ -125,17 +125,6 @@ def sample_block(t: torch.Tensor) -> tuple[int, int] | None:
     return m, (t.stride(0) if t.shape[0] > 1 else m)
 
 
-def cuda_op_available(name: str) -> bool:
-    """Whether `torch.ops.fastgan_cuda.<name>` exists and has a CUDA kernel (never builds)."""
-    try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan_cuda::{name}", "CUDA"))
-    except RuntimeError:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Added for ops/bias_act.py.
-
 @triton.jit
 def as_acc(v, ACC: tl.constexpr):
     """A float kernel argument as an ACC scalar. Annotate the argument `tl.float64`: a compiled

@@ -377,20 +377,6 @@ _bias_act_double_backward_op.register_autograd(_double_backward_vjp,
                                                setup_context=_save_double_backward)
 
 
-def _kernel_backend(x: torch.Tensor) -> str:
-    """_backend.resolve, plus: a built CUDA extension may predate bias_act's kernels; "auto"
-    then uses Triton (warning once), an explicit "cuda" raises."""
-    backend = _backend.resolve(x, "bias_act")
-    if backend == "cuda" and not C_.cuda_op_available("bias_act_forward"):
-        why = ("the loaded fastgan CUDA extension has no bias_act kernels "
-               "(fastgan_cuda::bias_act_forward); rebuild it with `python -m fastgan.build`")
-        if _backend.get_backend() != "auto":
-            raise RuntimeError(f"fastgan backend 'cuda' cannot run bias_act: {why}")
-        _backend._warn_once("bias_act-cuda", f"fastgan: {why}; using Triton kernels.")
-        backend = "triton"
-    return backend
-
-
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear",
              alpha: float = 0.2, gain: float = 1.0, dim: int = 1) -> torch.Tensor:
     """y = act(x + b broadcast along dim) * gain, act in "linear" | "relu" | "lrelu" (leaky
@@ -408,7 +394,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear"
     for name, value in (("alpha", alpha), ("gain", gain)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    backend = _kernel_backend(x)
+    backend = _backend.resolve(x, "bias_act")
     if backend == "ref" or x.numel() == 0:
         return bias_act_ref(x, b, act, alpha, gain, dim)
     save_mask = act != "linear" and torch.is_grad_enabled() and (

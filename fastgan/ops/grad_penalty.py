@@ -471,20 +471,6 @@ def _check_args(g, weight, target, mode):
             raise ValueError(f"target must be a float > 0, got {target!r}")
 
 
-def _kernel_backend(g: torch.Tensor) -> str:
-    """_backend.resolve, plus: CUDA kernels for this op may be missing from a built extension;
-    "auto" then uses Triton (warning once), an explicit "cuda" raises."""
-    backend = _backend.resolve(g, "grad_penalty")
-    if backend == "cuda" and not C_.cuda_op_available("grad_penalty_forward"):
-        why = ("the loaded fastgan CUDA extension has no grad_penalty kernels "
-               "(fastgan_cuda::grad_penalty_forward); rebuild it with `python -m fastgan.build`")
-        if _backend.get_backend() != "auto":
-            raise RuntimeError(f"fastgan backend 'cuda' cannot run grad_penalty: {why}")
-        _backend._warn_once("grad_penalty-cuda", f"fastgan: {why}; using Triton kernels.")
-        backend = "triton"
-    return backend
-
-
 def grad_penalty(g: torch.Tensor, weight: float = 10.0, target: float = 1.0, mode: str = "gp",
                  *, return_norm: bool = False):
     """Per-sample penalty of a gradient batch g [N, *] (see the module docstring):
@@ -492,7 +478,7 @@ def grad_penalty(g: torch.Tensor, weight: float = 10.0, target: float = 1.0, mod
     Returns p [N] (and norm [N] with return_norm=True), fp32 for fp16/bf16/fp32 g, fp64 for fp64.
     Differentiable twice (and more, through the reference) w.r.t. g."""
     _check_args(g, weight, target, mode)
-    backend = _kernel_backend(g)
+    backend = _backend.resolve(g, "grad_penalty")
     if backend == "ref" or g.numel() == 0:
         out = grad_penalty_ref(g, float(weight), float(target), mode, return_norm=True)
     else:
