@@ -18,12 +18,15 @@
 
 #include <algorithm>
 #include <array>
+#include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -321,6 +324,327 @@ std::tuple<Tensor, Tensor> minibatch_stddev_double_backward(const Tensor& gg, co
   return {g_grad, g_x};
 }
 
+// ------------------------------------------------------------------------------ bias_act
+
+// `t` is a CUDA tensor on ref's device (any dtype).
+void check_device(const Tensor& t, const char* op, const char* name, const Tensor& ref,
+                  const char* ref_name) {
+  check_tensor(t, op, name);
+  TORCH_CHECK(t.device() == ref.device(), "fastgan_cuda::", op, ": ", name, " is on ",
+              t.device(), " but ", ref_name, " is on ", ref.device());
+}
+
+Act parse_act(c10::string_view act, const char* op) {
+  const std::string_view a(act.data(), act.size());
+  if (a == "linear") return Act::Linear;
+  if (a == "relu") return Act::ReLU;
+  if (a == "lrelu") return Act::LReLU;
+  TORCH_CHECK(false, "fastgan_cuda::", op, ": act must be one of linear, relu, lrelu, got '",
+              std::string(a), "'");
+  return Act::Linear;  // unreachable
+}
+
+struct BASetup {
+  int64_t dim;
+  BiasActParams p;
+  DType dtype;
+};
+
+BASetup bias_act_setup(const Tensor& x, const char* xname, int64_t dim, c10::string_view act,
+                       double alpha, double gain, const char* op) {
+  check_tensor(x, op, xname);
+  const DType dtype = dtype_of(x, op, xname);
+  TORCH_CHECK(x.dim() >= 1, "fastgan_cuda::", op, ": ", xname,
+              " must have at least 1 dim, got shape ", x.sizes());
+  const int64_t nd = x.dim();
+  TORCH_CHECK(dim >= -nd && dim < nd, "fastgan_cuda::", op, ": dim ", dim,
+              " is out of range for ", xname, " of shape ", x.sizes());
+  if (dim < 0) dim += nd;
+  BiasActParams p{1, x.size(dim), 1, parse_act(act, op), alpha, gain};
+  for (int64_t d = 0; d < dim; ++d) p.outer *= x.size(d);
+  for (int64_t d = dim + 1; d < nd; ++d) p.inner *= x.size(d);
+  return {dim, p, dtype};
+}
+
+// A per-channel vector (b, gg_b): 1-D of size C, any float dtype, on x's device.
+CVec channel_vec(const c10::optional<Tensor>& v, const char* op, const char* name,
+                 const Tensor& x, const char* xname, int64_t C) {
+  if (!v.has_value() || !v->defined()) return CVec{nullptr, 0, DType::Float32};
+  check_device(*v, op, name, x, xname);
+  const DType dt = dtype_of(*v, op, name);
+  TORCH_CHECK(v->dim() == 1 && v->size(0) == C, "fastgan_cuda::", op, ": ", name,
+              " must have shape [", C, "] (dim of ", xname, "), got ", v->sizes());
+  return CVec{v->data_ptr(), v->stride(0), dt};
+}
+
+// The sign mask of the forward (act != linear): bool, shaped like `like`, strides that collapse
+// to [outer, C, inner] and no overlap (the backward outputs take its strides).
+CView3 mask_view(const Tensor& mask, const Tensor& like, const char* like_name, int64_t dim,
+                 Act act, const char* op) {
+  if (act == Act::Linear) return CView3{nullptr, 0, 0, 0};
+  check_device(mask, op, "mask", like, like_name);
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "fastgan_cuda::", op,
+              ": mask must be the bool sign mask of the forward, got dtype ", mask.scalar_type());
+  TORCH_CHECK(mask.sizes() == like.sizes(), "fastgan_cuda::", op,
+              ": the backward of this act needs the sign mask of the forward, got a mask of shape ",
+              mask.sizes(), " for ", like_name, " of shape ", like.sizes(),
+              " (was the forward run with save_mask=False?)");
+  std::array<int64_t, 3> s;
+  TORCH_CHECK(mask.is_non_overlapping_and_dense() && view3_strides(mask, dim, s),
+              "fastgan_cuda::", op, ": mask must be the (dense) sign mask returned by the forward, "
+              "got strides ", mask.strides());
+  return CView3{mask.data_ptr(), s[0], s[1], s[2]};
+}
+
+// Output of the backward kernels: the mask's strides when there is a mask, else like `u` (the
+// rule of _grad_like in fastgan/ops/bias_act.py).
+Out3 grad_output(const Tensor& u, const Tensor& mask, Act act, int64_t dim) {
+  if (act == Act::Linear) return output3(u, dim);
+  Out3 r{at::empty_strided(mask.sizes(), mask.strides(), u.options()), {}};
+  std::array<int64_t, 3> s;
+  TORCH_INTERNAL_ASSERT(view3_strides(r.t, dim, s));
+  r.v = View3{r.t.data_ptr(), s[0], s[1], s[2]};
+  return r;
+}
+
+std::tuple<Tensor, Tensor> bias_act_forward(const Tensor& x, const c10::optional<Tensor>& b,
+                                            c10::string_view act, double alpha, double gain,
+                                            int64_t dim, bool save_mask) {
+  constexpr const char* op = "bias_act_forward";
+  const BASetup S = bias_act_setup(x, "x", dim, act, alpha, gain, op);
+  const CVec bv = channel_vec(b, op, "b", x, "x", S.p.channels);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Out3 y = output3(x, S.dim);
+  const bool with_mask = S.p.act != Act::Linear && save_mask;
+  Tensor mask = with_mask
+                    ? at::empty_strided(y.t.sizes(), y.t.strides(), x.options().dtype(at::kBool))
+                    : at::empty({0}, x.options().dtype(at::kBool));
+  if (x.numel() == 0) return {y.t, mask};
+  View3 mv{nullptr, 0, 0, 0};
+  if (with_mask) {
+    std::array<int64_t, 3> s;
+    TORCH_INTERNAL_ASSERT(view3_strides(mask, S.dim, s));
+    mv = View3{mask.data_ptr(), s[0], s[1], s[2]};
+  }
+  const In3 xi = input3(x, S.dim);
+  check_launch(fastgan::bias_act_forward(S.dtype, S.p, y.v, mv, xi.v, bv,
+                                         c10::cuda::getCurrentCUDAStream()),
+               op);
+  return {y.t, mask};
+}
+
+std::tuple<Tensor, Tensor> bias_act_backward(const Tensor& grad, const Tensor& mask,
+                                             bool has_bias, c10::string_view act, double alpha,
+                                             double gain, int64_t dim) {
+  constexpr const char* op = "bias_act_backward";
+  const BASetup S = bias_act_setup(grad, "grad", dim, act, alpha, gain, op);
+  const CView3 mv = mask_view(mask, grad, "grad", S.dim, S.p.act, op);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  Out3 dx = grad_output(grad, mask, S.p.act, S.dim);
+  const at::ScalarType acc = S.dtype == DType::Float64 ? at::kDouble : at::kFloat;
+  Tensor db = at::empty({has_bias ? S.p.channels : 0}, grad.options().dtype(acc));
+  if (grad.numel() == 0) {
+    db.zero_();
+    return {dx.t, db};
+  }
+  const In3 gi = input3(grad, S.dim);
+  const size_t bytes =
+      bias_act_backward_workspace_bytes(S.dtype, S.p, dx.v, gi.v, mv, has_bias);
+  Tensor ws;
+  if (bytes > 0) ws = at::empty({static_cast<int64_t>(bytes)}, grad.options().dtype(at::kByte));
+  check_launch(fastgan::bias_act_backward(S.dtype, S.p, dx.v, has_bias ? db.data_ptr() : nullptr,
+                                          gi.v, mv, bytes > 0 ? ws.data_ptr() : nullptr,
+                                          c10::cuda::getCurrentCUDAStream()),
+               op);
+  return {dx.t, db};
+}
+
+Tensor bias_act_double_backward(const Tensor& gg_x, const c10::optional<Tensor>& gg_b,
+                                const Tensor& mask, c10::string_view act, double alpha,
+                                double gain, int64_t dim) {
+  constexpr const char* op = "bias_act_double_backward";
+  const BASetup S = bias_act_setup(gg_x, "gg_x", dim, act, alpha, gain, op);
+  const CVec vb = channel_vec(gg_b, op, "gg_b", gg_x, "gg_x", S.p.channels);
+  const CView3 mv = mask_view(mask, gg_x, "gg_x", S.dim, S.p.act, op);
+  const c10::cuda::CUDAGuard guard(gg_x.device());
+  Out3 g_dy = grad_output(gg_x, mask, S.p.act, S.dim);
+  if (gg_x.numel() == 0) return g_dy.t;
+  const In3 gi = input3(gg_x, S.dim);
+  check_launch(fastgan::bias_act_double_backward(S.dtype, S.p, g_dy.v, gi.v, vb, mv,
+                                                 c10::cuda::getCurrentCUDAStream()),
+               op);
+  return g_dy.t;
+}
+
+// ------------------------------------------------------------------------------ grad_penalty
+
+// Port of fastgan.ops._common.sample_block: (M, batch stride) when every sample t[n] fills the M
+// memory slots data + n*s_n + [0, M) (a dense permutation of its dims) and the whole tensor is
+// dense, so that empty_like(t) has t's strides.
+bool sample_block(const Tensor& t, int64_t& M, int64_t& s_n) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size), sorted like the Python
+  for (int64_t d = 1; d < t.dim(); ++d) {
+    if (t.size(d) != 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& sd : dims) {
+    if (sd.first != expected) return false;
+    expected *= sd.second;
+  }
+  M = expected;
+  if (t.size(0) > 1 && t.stride(0) != M) return false;
+  s_n = t.size(0) > 1 ? t.stride(0) : M;
+  return true;
+}
+
+// Output shaped like g: g's layout when g is dense (the rule of _alloc_like), else contiguous.
+Tensor alloc_like(const Tensor& g) {
+  int64_t M, s_n;
+  return sample_block(g, M, s_n) ? at::empty_like(g) : at::empty(g.sizes(), g.options());
+}
+
+// g (or a contiguous copy) as N samples of M consecutive slots.
+struct Flat {
+  Tensor t;
+  int64_t M, s_n;
+};
+Flat flat(const Tensor& g) {
+  Flat f{g, 1, 1};
+  if (g.numel() == 0) {  // nothing is read or written: any stride
+    for (int64_t d = 1; d < g.dim(); ++d) f.M *= g.size(d);
+    f.s_n = f.M;
+    return f;
+  }
+  if (!sample_block(g, f.M, f.s_n)) {
+    f.t = g.contiguous();
+    TORCH_INTERNAL_ASSERT(sample_block(f.t, f.M, f.s_n));
+  }
+  return f;
+}
+
+// t (shaped like ref) with ref's strides, copying only when they differ (size-1 dims ignored).
+Tensor like_layout(const Tensor& t, const Tensor& ref) {
+  for (int64_t d = 0; d < ref.dim(); ++d) {
+    if (ref.size(d) != 1 && t.stride(d) != ref.stride(d)) return at::empty_like(ref).copy_(t);
+  }
+  return t;
+}
+
+struct GPSetup {
+  GradPenaltyParams p;
+  DType dtype;
+  at::ScalarType acc;
+};
+
+GPSetup gp_setup(const Tensor& g, double weight, double target, bool r1, const char* op) {
+  check_tensor(g, op, "g");
+  const DType dtype = dtype_of(g, op, "g");
+  TORCH_CHECK(g.dim() >= 1, "fastgan_cuda::", op, ": g must have at least 1 dim [N, ...], got "
+              "shape ", g.sizes());
+  TORCH_CHECK(r1 || target > 0, "fastgan_cuda::", op, ": target must be > 0 (r1=False), got ",
+              target);
+  GradPenaltyParams p{g.size(0), 1, weight, target, r1};
+  for (int64_t d = 1; d < g.dim(); ++d) p.M *= g.size(d);
+  return {p, dtype, dtype == DType::Float64 ? at::kDouble : at::kFloat};
+}
+
+// A per-sample vector (dp, dnorm, norm): N elements, any float dtype, any stride (0 included).
+struct SampleVec {
+  Tensor t;
+  CVec v;
+};
+SampleVec sample_vec(const c10::optional<Tensor>& t, const char* op, const char* name,
+                     const Tensor& g, int64_t N) {
+  if (!t.has_value() || !t->defined()) return {Tensor(), CVec{nullptr, 0, DType::Float32}};
+  check_device(*t, op, name, g, "g");
+  const DType dt = dtype_of(*t, op, name);
+  TORCH_CHECK(t->numel() == N, "fastgan_cuda::", op, ": ", name, " must have ", N,
+              " elements (one per sample of g of shape ", g.sizes(), "), got shape ", t->sizes());
+  SampleVec r{t->dim() == 1 ? *t : t->reshape({-1}), {}};
+  r.v = CVec{r.t.data_ptr(), r.t.stride(0), dt};
+  return r;
+}
+
+Tensor gp_workspace(const GPSetup& S, const Tensor& g) {
+  const size_t bytes = grad_penalty_workspace_bytes(S.dtype, S.p);
+  return at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 1))},
+                   g.options().dtype(at::kByte));
+}
+
+std::tuple<Tensor, Tensor> grad_penalty_forward(const Tensor& g, double weight, double target,
+                                                bool r1) {
+  constexpr const char* op = "grad_penalty_forward";
+  GPSetup S = gp_setup(g, weight, target, r1, op);
+  const c10::cuda::CUDAGuard guard(g.device());
+  Tensor pen = at::empty({S.p.N}, g.options().dtype(S.acc));
+  Tensor norm = at::empty({S.p.N}, g.options().dtype(S.acc));
+  if (S.p.N == 0) return {pen, norm};
+  const Flat gf = flat(g);
+  S.p.M = gf.M;
+  Tensor ws = gp_workspace(S, g);
+  check_launch(fastgan::grad_penalty_forward(S.dtype, S.p, pen.data_ptr(), norm.data_ptr(),
+                                             CSamples{gf.t.data_ptr(), gf.s_n}, ws.data_ptr(),
+                                             c10::cuda::getCurrentCUDAStream()),
+               op);
+  return {pen, norm};
+}
+
+Tensor grad_penalty_backward(const Tensor& dp, const c10::optional<Tensor>& dnorm, const Tensor& g,
+                             const Tensor& norm, double weight, double target, bool r1) {
+  constexpr const char* op = "grad_penalty_backward";
+  GPSetup S = gp_setup(g, weight, target, r1, op);
+  const SampleVec dpv = sample_vec(dp, op, "dp", g, S.p.N);
+  const SampleVec dnv = sample_vec(dnorm, op, "dnorm", g, S.p.N);
+  const SampleVec nv = sample_vec(norm, op, "norm", g, S.p.N);
+  const c10::cuda::CUDAGuard guard(g.device());
+  Tensor dg = alloc_like(g);
+  if (g.numel() == 0) return dg;
+  const Flat gf = flat(g);
+  const Flat of = flat(dg);
+  TORCH_INTERNAL_ASSERT(of.t.is_same(dg) && of.M == gf.M);
+  S.p.M = gf.M;
+  check_launch(fastgan::grad_penalty_backward(S.dtype, S.p, Samples{dg.data_ptr(), of.s_n},
+                                              dpv.v, dnv.v, CSamples{gf.t.data_ptr(), gf.s_n},
+                                              nv.v, c10::cuda::getCurrentCUDAStream()),
+               op);
+  return dg;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> grad_penalty_double_backward(
+    const Tensor& gg, const Tensor& dp, const c10::optional<Tensor>& dnorm, const Tensor& g,
+    const Tensor& norm, double weight, double target, bool r1) {
+  constexpr const char* op = "grad_penalty_double_backward";
+  GPSetup S = gp_setup(g, weight, target, r1, op);
+  check_tensor(gg, op, "gg", &g, "g");
+  check_same_shape(gg, op, "gg", g, "g");
+  const SampleVec dpv = sample_vec(dp, op, "dp", g, S.p.N);
+  const SampleVec dnv = sample_vec(dnorm, op, "dnorm", g, S.p.N);
+  const SampleVec nv = sample_vec(norm, op, "norm", g, S.p.N);
+  const c10::cuda::CUDAGuard guard(g.device());
+  const int64_t N = S.p.N;
+  Tensor g_dp = at::empty({N}, g.options().dtype(dp.scalar_type()));
+  Tensor g_dn = at::empty({N}, g.options().dtype(dnv.t.defined() ? dnv.t.scalar_type()
+                                                                 : dp.scalar_type()));
+  Tensor g_g = alloc_like(g);
+  Tensor g_norm = at::empty({N}, g.options().dtype(norm.scalar_type()));
+  if (N == 0) return {g_dp, g_dn, g_g, g_norm};
+  const Flat gf = flat(g);
+  const Flat ggf = g.numel() == 0 ? Flat{gg, gf.M, gf.s_n} : flat(like_layout(gg, gf.t));
+  const Flat of = flat(g_g);
+  TORCH_INTERNAL_ASSERT(of.t.is_same(g_g) && of.M == gf.M && ggf.M == gf.M);
+  S.p.M = gf.M;
+  Tensor ws = gp_workspace(S, g);
+  auto vec = [](Tensor& t) { return Vec{t.data_ptr(), 1, dtype_of(t, "", "")}; };
+  check_launch(fastgan::grad_penalty_double_backward(
+                   S.dtype, S.p, vec(g_dp), vec(g_dn), Samples{g_g.data_ptr(), of.s_n},
+                   vec(g_norm), CSamples{ggf.t.data_ptr(), ggf.s_n}, dpv.v, dnv.v,
+                   CSamples{gf.t.data_ptr(), gf.s_n}, nv.v, ws.data_ptr(),
+                   c10::cuda::getCurrentCUDAStream()),
+               op);
+  return {g_dp, g_dn, g_g, g_norm};
+}
+
 }  // namespace
 }  // namespace bind
 }  // namespace fastgan
@@ -333,6 +657,12 @@ TORCH_LIBRARY_IMPL(fastgan_cuda, CUDA, m) {
   m.impl("minibatch_stddev_forward", &fastgan::bind::minibatch_stddev_forward);
   m.impl("minibatch_stddev_backward", &fastgan::bind::minibatch_stddev_backward);
   m.impl("minibatch_stddev_double_backward", &fastgan::bind::minibatch_stddev_double_backward);
+  m.impl("bias_act_forward", &fastgan::bind::bias_act_forward);
+  m.impl("bias_act_backward", &fastgan::bind::bias_act_backward);
+  m.impl("bias_act_double_backward", &fastgan::bind::bias_act_double_backward);
+  m.impl("grad_penalty_forward", &fastgan::bind::grad_penalty_forward);
+  m.impl("grad_penalty_backward", &fastgan::bind::grad_penalty_backward);
+  m.impl("grad_penalty_double_backward", &fastgan::bind::grad_penalty_double_backward);
 }
 
 #ifndef FASTGAN_NO_PYTHON_MODULE

@@ -48,6 +48,22 @@ SCHEMAS = (
     " float eps, bool strided, bool unbiased) -> Tensor",
     "minibatch_stddev_double_backward(Tensor gg, Tensor grad, Tensor x, int group_size,"
     " int num_features, float eps, bool strided, bool unbiased) -> (Tensor, Tensor)",
+    # bias_act: act in "linear" | "relu" | "lrelu"; returns (y, mask) with mask bool like y (empty
+    # [0] for linear or save_mask=False); (dx, db) with db [C] fp32 (fp64 for fp64), [0] without
+    # has_bias; dx / g_dy laid out like mask (like grad / gg_x for linear).
+    "bias_act_forward(Tensor x, Tensor? b, str act, float alpha, float gain, int dim,"
+    " bool save_mask) -> (Tensor, Tensor)",
+    "bias_act_backward(Tensor grad, Tensor mask, bool has_bias, str act, float alpha, float gain,"
+    " int dim) -> (Tensor, Tensor)",
+    "bias_act_double_backward(Tensor gg_x, Tensor? gg_b, Tensor mask, str act, float alpha,"
+    " float gain, int dim) -> Tensor",
+    # grad_penalty: (p, norm) [N] fp32 (fp64 for fp64 g); dg / g_g like g; g_dp, g_dnorm, g_norm
+    # [N] in the dtypes of dp, dnorm (dp when None), norm.
+    "grad_penalty_forward(Tensor g, float weight, float target, bool r1) -> (Tensor, Tensor)",
+    "grad_penalty_backward(Tensor dp, Tensor? dnorm, Tensor g, Tensor norm, float weight,"
+    " float target, bool r1) -> Tensor",
+    "grad_penalty_double_backward(Tensor gg, Tensor dp, Tensor? dnorm, Tensor g, Tensor norm,"
+    " float weight, float target, bool r1) -> (Tensor, Tensor, Tensor, Tensor)",
 )
 
 #: Qualified names of the ops, e.g. "fastgan_cuda::pixel_norm_forward".
