@@ -335,56 +335,43 @@ def test_empty_input(device, backend):
     assert y.shape == dx.shape == x.shape and db.shape == b.shape and not db.any()
 
 
-_COMPILE_FOR_SM90 = r"""
-import json
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from fastgan.ops import bias_act as ba
+def _sm90_specs():
+    """Every kernel variant: 3 dtypes x 3 acts x 2 layouts (unit strides as launches specialize
+    them, tiles as `_config` picks them) x fwd + 2 grad flavours, and the partials sum."""
+    import triton.language as tl
+    from sm90 import kernel_spec
 
-def build(fn, ptrs, consts):
-    sig, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name in ptrs:
-            sig[name] = ptrs[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name in ("alpha", "gain"):
-            sig[name] = "fp64"
-        else:  # sizes and strides of a 512-channel map: multiples of 16, as launches specialize
-            sig[name] = "i32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    target = GPUTarget("cuda", 90, 32)
-    ptx = triton.compile(ASTSource(fn, sig, consts, attrs), target=target).asm["ptx"]
-    return {"vector_loads": ptx.count("ld.global.v4") + ptx.count("ld.global.v2"),
-            "f64": ptx.count(".f64")}
-
-out = []
-for dt in ("fp32", "bf16", "fp64"):
-    acc = tl.float64 if dt == "fp64" else tl.float32
-    part = "*fp64" if dt == "fp64" else "*fp32"
-    for act in (0, 1, 2):
-        for cl in (False, True):
-            unit = {"sx_c": 1, "sy_c": 1, "sm_c": 1} if cl else {"sx_i": 1, "sy_i": 1, "sm_i": 1}
-            blocks = dict(BLOCK_I=16, BLOCK_C=256) if cl else dict(BLOCK_I=1024, BLOCK_C=4)
-            ptrs = {"x_ptr": f"*{dt}", "b_ptr": "*fp32", "y_ptr": f"*{dt}", "m_ptr": "*i1"}
-            r = build(ba._bias_act_fwd_kernel, ptrs,
-                      dict(ACT=act, HAS_B=True, MASK=act != 0, ACC=acc, **unit, **blocks))
-            out.append(dict(kernel="fwd", dtype=dt, act=act, cl=cl, **r))
-            unit = {"su_c": 1, "so_c": 1, "sm_c": 1} if cl else {"su_i": 1, "so_i": 1, "sm_i": 1}
-            for has_v, partial in ((False, True), (True, False)):
-                ptrs = {"u_ptr": f"*{dt}", "v_ptr": "*fp32", "m_ptr": "*i1",
-                        "out_ptr": f"*{dt}", "part_ptr": part}
-                r = build(ba._bias_act_grad_kernel, ptrs,
-                          dict(ACT=act, HAS_V=has_v, PARTIAL=partial, ACC=acc, **unit, **blocks))
-                out.append(dict(kernel="grad", dtype=dt, act=act, cl=cl, **r))
-r = build(ba._sum_partials_kernel, {"part_ptr": "*fp32", "out_ptr": "*fp32"},
-          dict(ACC=tl.float32, BLOCK_P=32, BLOCK_C=128))
-out.append(dict(kernel="sum", dtype="fp32", act=0, cl=False, **r))
-print(json.dumps(out))
-"""
+    mod, fp64 = "fastgan.ops.bias_act", {"alpha": "fp64", "gain": "fp64"}
+    specs = []
+    for dt in ("fp32", "bf16", "fp64"):
+        acc = tl.float64 if dt == "fp64" else tl.float32
+        part = "fp64" if dt == "fp64" else "fp32"
+        for act in (0, 1, 2):
+            for cl in (False, True):
+                tag = dict(dtype=dt, act=act, cl=cl)
+                unit = dict.fromkeys(("sx_c", "sy_c", "sm_c") if cl else ("sx_i", "sy_i", "sm_i"),
+                                     1)
+                blocks = dict(BLOCK_I=16, BLOCK_C=256) if cl else dict(BLOCK_I=1024, BLOCK_C=4)
+                specs.append(kernel_spec(
+                    mod, "_bias_act_fwd_kernel",
+                    ptrs={"x_ptr": dt, "b_ptr": "fp32", "y_ptr": dt, "m_ptr": "i1"},
+                    args=dict(ACT=act, HAS_B=True, MASK=act != 0, ACC=acc, **unit, **blocks),
+                    types=fp64, **tag))
+                unit = dict.fromkeys(("su_c", "so_c", "sm_c") if cl else ("su_i", "so_i", "sm_i"),
+                                     1)
+                for has_v, partial in ((False, True), (True, False)):
+                    specs.append(kernel_spec(
+                        mod, "_bias_act_grad_kernel",
+                        ptrs={"u_ptr": dt, "v_ptr": "fp32", "m_ptr": "i1", "out_ptr": dt,
+                              "part_ptr": part},
+                        args=dict(ACT=act, HAS_V=has_v, PARTIAL=partial, ACC=acc, **unit,
+                                  **blocks),
+                        types=fp64, **tag))
+    specs.append(kernel_spec(mod, "_sum_partials_kernel",
+                             ptrs={"part_ptr": "fp32", "out_ptr": "fp32"},
+                             args=dict(ACC=tl.float32, BLOCK_P=32, BLOCK_C=128),
+                             dtype="fp32", act=0, cl=False))
+    return specs
 
 
 def test_kernels_compile_for_sm90():
@@ -392,22 +379,13 @@ def test_kernels_compile_for_sm90():
     no GPU needed: Triton ships ptxas) in a process without TRITON_INTERPRET. fp32/bf16 kernels
     must load with vector instructions in both layouts and do no per-element fp64 math (alpha
     and gain arrive as fp64 scalars and are rounded once)."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
+    from sm90 import compile_sm90
 
-    env = {**os.environ, "TRITON_INTERPRET": "0",
-           "PYTHONPATH": os.pathsep.join([str(pathlib.Path(ba.__file__).parents[2]),
-                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = compile_sm90(_sm90_specs())
     assert len(results) == 3 * 3 * 2 * 3 + 1
     for r in results:
-        if r["kernel"] != "sum":
+        assert r["ok"], r["error"]
+        if r["kernel"] != "_sum_partials_kernel":
             assert r["vector_loads"] > 0, r
         if r["dtype"] != "fp64":
             assert r["f64"] <= 8, r

@@ -218,3 +218,45 @@ def test_bad_input_raises_naming_argument(args, exc, words):
 def test_explicit_cuda_on_cpu_raises():
     with fastgan.use_backend("cuda"), pytest.raises(RuntimeError, match="cuda"):
         gp.grad_penalty(torch.randn(2, 3))
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter is lenient about types; compile the kernels as the launcher specializes
+    them for an H100 (sm_90, no GPU needed: Triton ships ptxas) in one process without
+    TRITON_INTERPRET: gradients of ProGAN's 256x256 RGB input (NCHW and channels_last: the same
+    flat kernels) and of a [16, 512, 4, 4] map, both modes, with and without dnorm, dp
+    contiguous and a stride-0 expand (what `p.sum()` hands back). The streaming kernels must
+    load more than one element per instruction; the finalize kernels read [N, n_chunks]
+    partials, which vectorize only when n_chunks is a multiple of 16 (not asserted). No fp64
+    math in the non-fp64 kernels (weight and target arrive as fp32 hi/lo pairs)."""
+    from sm90 import compile_sm90, record_launches
+
+    cases = [(dt, s, cl) for dt in (torch.float32, torch.bfloat16, torch.float64)
+             for s, cl in (((16, 3, 256, 256), False), ((16, 3, 256, 256), True),
+                           ((16, 512, 4, 4), False))]
+    cases.append((torch.float16, (16, 3, 256, 256), False))
+    specs = []
+    for dtype, shape, cl in cases:
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        g = torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
+        gg = torch.empty_like(g)
+        n = shape[0]
+        norm, dp = (torch.empty(n, dtype=acc, device="meta") for _ in range(2))
+        dp0 = torch.empty(1, dtype=acc, device="meta").expand(n)
+        tag = dict(dtype=dtype, shape=shape, cl=cl)
+        for mode in ("gp", "r1"):
+            specs += record_launches(gp, gp._triton_forward, g, 10.0, 1.0, mode, tag=tag)
+        for dp_, dn, w, mode in ((dp0, None, 10.0, "gp"), (dp, dp, 5.0, "r1")):
+            specs += record_launches(gp, gp._triton_backward, dp_, dn, g, norm, w, 1.0, mode,
+                                     tag=tag)
+            specs += record_launches(gp, gp._triton_double_backward, gg, dp_, dn, g, norm, w,
+                                     1.0, mode, tag=tag)
+    assert len(specs) == 10 * len(cases)
+    streaming = ("_sumsq_partial_kernel", "_penalty_bwd_kernel", "_penalty_bwd2_kernel")
+    for r in compile_sm90(specs):
+        assert r["ok"], r["error"]
+        if r["kernel"] in streaming:
+            assert r["max_load_bytes"] > r["dtype"].itemsize, r  # more than 1 element a load
+        if r["dtype"] != torch.float64:
+            assert r["f64"] <= 4, r

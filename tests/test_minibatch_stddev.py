@@ -365,3 +365,46 @@ def test_gpu_progan_shape(backend, dtype, cl):
     for a, b, n in zip(got, want, ("y", "dx", "d/d dy", "d/d x")):
         assert a.dtype == dtype
         assert_close(a, b, dtype, n)
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter is lenient about types; compile the kernels as the launcher specializes
+    them (unit strides, F = 1, block sizes, warps) for an H100 (sm_90, no GPU needed: Triton
+    ships ptxas) in one process without TRITON_INTERPRET: ProGAN's [16, 512, 4, 4] in both
+    layouts and both group layouts, a group of 128 (the looped, not one-tile, kernels) and a
+    256x256 map (bigger tiles). No fp64 math in the non-fp64 kernels.
+
+    Vector loads (more than one element per instruction) are asserted for channels_last only.
+    In NCHW the kernels split an element index as hw = e % HW, h = hw // W, w = hw % W, and
+    Triton's axis analysis proves no contiguity through the second modulo, even for W a
+    multiple of 16 (in a toy kernel w = e % W, h = (e // W) % H do vectorize); on 4x4 maps
+    W = 4 is not even a multiple of 16 that a launch specializes on. So NCHW loads are scalar.
+    The fill kernel writes one value per position of an extra map and reads a few partials:
+    not asserted either."""
+    from sm90 import compile_sm90, record_launches
+
+    f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
+    # (dtype, shape, group_size, layout, channels_last)
+    cases = [(dt, (16, 512, 4, 4), 4, "strided", cl) for dt in (f32, bf16, f64)
+             for cl in (False, True)]
+    cases += [(dt, (128, 512, 4, 4), 128, "strided", True) for dt in (f32, bf16, f64)]
+    cases += [(f32, (16, 512, 4, 4), 4, "contiguous", True),
+              (f32, (16, 64, 256, 256), 4, "strided", True),
+              (torch.float16, (16, 512, 4, 4), 4, "strided", True)]
+    specs = []
+    for dtype, shape, g, layout, cl in cases:
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
+        grad, gg = mb._empty_out(x, shape[1] + 1), mb._empty_out(x, shape[1])
+        args = (g, 1, 1e-8, layout, False)
+        tag = dict(dtype=dtype, shape=shape, G=g, layout=layout, cl=cl)
+        specs += record_launches(mb, mb._triton_forward, x, *args, tag=tag)
+        specs += record_launches(mb, mb._triton_backward, grad, x, *args, tag=tag)
+        specs += record_launches(mb, mb._triton_double_backward, gg, grad, x, *args, tag=tag)
+    assert len(specs) == 5 * len(cases)  # fwd + fill, bwd, bwd2 + fill
+    for r in compile_sm90(specs):
+        assert r["ok"], r["error"]
+        if r["cl"] and r["kernel"] != "_mbstd_fill_kernel":
+            assert r["max_load_bytes"] > r["dtype"].itemsize, r  # more than 1 element a load
+        if r["dtype"] != torch.float64:
+            assert r["f64"] <= 4, r

@@ -207,3 +207,33 @@ def test_explicit_backend_that_cannot_run_raises(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with fastgan.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         FF.pixel_norm(x)
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter is lenient about types; compile the kernels as the launcher specializes
+    them for ProGAN shapes (the [N, 512] latent, 4x4 and 256x256 maps, NCHW and channels_last:
+    unit strides, block sizes, warps) for an H100 (sm_90, no GPU needed: Triton ships ptxas) in
+    one process without TRITON_INTERPRET. Every variant must load more than one element per
+    instruction (along the inner positions for NCHW, along the channels for channels_last and
+    [N, C]), and the non-fp64 ones do no fp64 math but rounding the `eps: tl.float64` argument
+    once."""
+    from sm90 import compile_sm90, record_launches
+
+    specs = []
+    layouts = [((16, 512), False), ((16, 512, 4, 4), False), ((16, 512, 4, 4), True),
+               ((16, 64, 256, 256), False), ((16, 64, 256, 256), True)]
+    cases = [(dt, s, cl) for dt in (torch.float32, torch.bfloat16, torch.float64)
+             for s, cl in layouts] + [(torch.float16, (16, 512, 4, 4), True)]
+    for dtype, shape, cl in cases:
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
+        tag = dict(dtype=dtype, shape=shape, cl=cl)
+        specs += record_launches(pn, pn._triton_forward, x, 1e-8, 1, tag=tag)
+        specs += record_launches(pn, pn._triton_backward, x, x, 1e-8, 1, tag=tag)
+        specs += record_launches(pn, pn._triton_double_backward, x, x, x, 1e-8, 1, tag=tag)
+    assert len(specs) == 3 * len(cases)
+    for r in compile_sm90(specs):
+        assert r["ok"], r["error"]
+        assert r["max_load_bytes"] > r["dtype"].itemsize, r  # more than 1 element a load
+        if r["dtype"] != torch.float64:
+            assert r["f64"] <= 4, r

@@ -103,13 +103,16 @@ def _penalty_finalize_kernel(part_ptr, p_ptr, norm_ptr, N, n_chunks, w_hi, w_lo,
     weight = tl.cast(w_hi, ACC) + tl.cast(w_lo, ACC)
     target = tl.cast(t_hi, ACC) + tl.cast(t_lo, ACC)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ss = tl.zeros([BLOCK_N], dtype=ACC)
+    # a [BLOCK_N, BLOCK_C] accumulator reduced once after the loop: a per-iteration tl.sum into
+    # a result used more than once (ss here) trips an assertion in Triton's
+    # OptimizeThreadLocality pass on sm_90 when the loads vectorize (n_chunks % 16 == 0)
+    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
     for c0 in range(0, n_chunks, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = (n < N)[:, None] & (c < n_chunks)[None, :]
-        v = tl.load(part_ptr + n.to(tl.int64)[:, None] * n_chunks + c[None, :], mask=mask,
-                    other=0.0)
-        ss += tl.sum(v, axis=1)
+        acc += tl.load(part_ptr + n.to(tl.int64)[:, None] * n_chunks + c[None, :], mask=mask,
+                       other=0.0)
+    ss = tl.sum(acc, axis=1)
     norm = C_.sqrt(ss)
     if R1:
         p = weight * ss
@@ -192,12 +195,12 @@ def _penalty_bwd2_finalize_kernel(part_ptr, dp_ptr, dnorm_ptr, norm_ptr, gdp_ptr
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     n64 = n.to(tl.int64)
-    s = tl.zeros([BLOCK_N], dtype=ACC)
+    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)  # reduced after the loop: see above
     for c0 in range(0, n_chunks, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = nmask[:, None] & (c < n_chunks)[None, :]
-        s += tl.sum(tl.load(part_ptr + n64[:, None] * n_chunks + c[None, :], mask=mask,
-                            other=0.0), axis=1)
+        acc += tl.load(part_ptr + n64[:, None] * n_chunks + c[None, :], mask=mask, other=0.0)
+    s = tl.sum(acc, axis=1)
     nrm = tl.load(norm_ptr + n, mask=nmask, other=0.0).to(ACC)
     dp = tl.load(dp_ptr + n64 * s_dp, mask=nmask, other=0.0).to(ACC)
     pos = nrm > 0

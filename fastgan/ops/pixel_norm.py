@@ -40,7 +40,7 @@ def _tile(o, c, i, s_o, s_c, s_i):
 
 
 @triton.jit
-def _pixel_norm_fwd_kernel(x_ptr, y_ptr, C, INNER, n_i_blocks, eps,
+def _pixel_norm_fwd_kernel(x_ptr, y_ptr, C, INNER, n_i_blocks, eps: tl.float64,
                            sx_o, sx_c, sx_i, sy_o, sy_c, sy_i,
                            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
@@ -52,7 +52,7 @@ def _pixel_norm_fwd_kernel(x_ptr, y_ptr, C, INNER, n_i_blocks, eps,
         mask = (c < C)[:, None] & (i < INNER)[None, :]
         x = tl.load(x_ptr + _tile(o, c, i, sx_o, sx_c, sx_i), mask=mask, other=0.0).to(ACC)
         ss += tl.sum(x * x, axis=0)
-    r = C_.rsqrt(ss / C + eps)[None, :]
+    r = C_.rsqrt(ss / C + C_.as_acc(eps, ACC))[None, :]
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = (c < C)[:, None] & (i < INNER)[None, :]
@@ -62,7 +62,7 @@ def _pixel_norm_fwd_kernel(x_ptr, y_ptr, C, INNER, n_i_blocks, eps,
 
 
 @triton.jit
-def _pixel_norm_bwd_kernel(dy_ptr, x_ptr, dx_ptr, C, INNER, n_i_blocks, eps,
+def _pixel_norm_bwd_kernel(dy_ptr, x_ptr, dx_ptr, C, INNER, n_i_blocks, eps: tl.float64,
                            sd_o, sd_c, sd_i, sx_o, sx_c, sx_i, so_o, so_c, so_i,
                            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
@@ -77,7 +77,7 @@ def _pixel_norm_bwd_kernel(dy_ptr, x_ptr, dx_ptr, C, INNER, n_i_blocks, eps,
         dy = tl.load(dy_ptr + _tile(o, c, i, sd_o, sd_c, sd_i), mask=mask, other=0.0).to(ACC)
         ss += tl.sum(x * x, axis=0)
         xd += tl.sum(x * dy, axis=0)
-    r = C_.rsqrt(ss / C + eps)
+    r = C_.rsqrt(ss / C + C_.as_acc(eps, ACC))
     r = r[None, :]
     k = (r * r * r * (xd / C)[None, :])
     for c0 in range(0, C, BLOCK_C):
@@ -90,7 +90,8 @@ def _pixel_norm_bwd_kernel(dy_ptr, x_ptr, dx_ptr, C, INNER, n_i_blocks, eps,
 
 
 @triton.jit
-def _pixel_norm_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, C, INNER, n_i_blocks, eps,
+def _pixel_norm_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, C, INNER, n_i_blocks,
+                            eps: tl.float64,
                             sg_o, sg_c, sg_i, sd_o, sd_c, sd_i, sx_o, sx_c, sx_i,
                             so_o, so_c, so_i,
                             ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
@@ -111,7 +112,7 @@ def _pixel_norm_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, C, INNER, n_
         m += tl.sum(x * dy, axis=0)
         a += tl.sum(gg * dy, axis=0)
         b += tl.sum(gg * x, axis=0)
-    r = C_.rsqrt(ss / C + eps)[None, :]
+    r = C_.rsqrt(ss / C + C_.as_acc(eps, ACC))[None, :]
     r3 = r * r * r
     m = (m / C)[None, :]
     a = (a / C)[None, :]
