@@ -168,11 +168,12 @@ def _loop_moments(x_ptr, gg_ptr, m, G, sm, sg, sx_n, ox, sg_n, og, emask,
 
 
 @triton.jit
-def _mbstd_fwd_kernel(x_ptr, y_ptr, part_ptr, G, F, c, HW, W, E, SPLIT, CHUNK, D, eps, sm, sg,
+def _mbstd_fwd_kernel(x_ptr, y_ptr, part_ptr, G, F, c, HW, W, E, SPLIT, CHUNK, D, eps: tl.float64, sm, sg,
                       sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
                       CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
                       ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr):
     """Writes y[:, :C] = x and the partial sums of sigma."""
+    eps = C_.as_acc(eps, ACC)  # an fp64 argument: exact for fp64 kernels
     pid = tl.program_id(0)
     mf = pid // SPLIT
     m = mf // F
@@ -235,12 +236,13 @@ def _mbstd_fill_kernel(part_ptr, out_ptr, GHW, F, C, HW, W, SPLIT, n_chunks, div
 
 @triton.jit
 def _mbstd_bwd_kernel(dy_ptr, x_ptr, dx_ptr, G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK, D, K,
-                      eps, sm, sg, sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
+                      eps: tl.float64, sm, sg, sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
                       so_n, so_c, so_h, so_w,
                       CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
                       ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr,
                       BLOCK_R: tl.constexpr):
     """dx = dy[:, :C] + dS * (x - mu) / (K sigma)."""
+    eps = C_.as_acc(eps, ACC)  # an fp64 argument: exact for fp64 kernels
     pid = tl.program_id(0)
     mf = pid // SPLIT
     m = mf // F
@@ -285,7 +287,7 @@ def _mbstd_bwd_kernel(dy_ptr, x_ptr, dx_ptr, G, F, C, c, HW, W, E, GHW, SPLIT, C
 
 @triton.jit
 def _mbstd_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, part_ptr,
-                       G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK, D, K, eps, sm, sg,
+                       G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK, D, K, eps: tl.float64, sm, sg,
                        sg_n, sg_c, sg_h, sg_w, sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
                        sa_n, sa_c, sa_h, sa_w, sb_n, sb_c, sb_h, sb_w,
                        CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
@@ -293,6 +295,7 @@ def _mbstd_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, part_ptr,
                        BLOCK_R: tl.constexpr):
     """Writes g_x (strides sb_*) and g_dy[:, :C] = gg (strides sa_*), and the partial sums of
     K*T = sum gg (x - mu) / sigma."""
+    eps = C_.as_acc(eps, ACC)  # an fp64 argument: exact for fp64 kernels
     pid = tl.program_id(0)
     mf = pid // SPLIT
     m = mf // F
