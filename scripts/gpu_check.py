@@ -493,6 +493,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--allow-cpu", action="store_true",
                     help="run every step even without a GPU (to try this script on CPU)")
+    ap.add_argument("--bench", nargs="+", default=["benchmarks/"], metavar="PATH",
+                    help="benchmark files or folders to run (default: benchmarks/); with "
+                         "--tag, lets a short GPU lease split the suite over several calls")
+    ap.add_argument("--tag", default="",
+                    help="suffix of the report's file names, so that split runs don't overwrite "
+                         "each other (e.g. --tag penalty -> <date>-<gpu>-penalty.md)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -509,7 +515,7 @@ def main(argv=None) -> int:
         ("build", [py, "-m", "fastgan.build"]),
         ("GPU tests", [py, "-m", "pytest", "tests", "-m", "cuda", "-q", "-rfE", "-p", "gpu_check"]),
         ("other tests", [py, "-m", "pytest", "tests", "-m", "not cuda", "-q", "-rfE", "-p", "gpu_check"]),
-        ("benchmarks", [py, "-m", "pytest", "benchmarks/", "--benchmark-only", "-q", "-p", "gpu_check",
+        ("benchmarks", [py, "-m", "pytest", *args.bench, "--benchmark-only", "-q", "-p", "gpu_check",
                         "--benchmark-json=<out>/<stem>.json", "--fastgan-records=<out>/<stem>.records.jsonl"]
          + (["--fastgan-quick"] if args.quick else [])),
     ]
@@ -533,7 +539,7 @@ def main(argv=None) -> int:
         print(msg + " --allow-cpu: running the steps anyway.", flush=True)
 
     gpu_name = info.get("gpu") or "cpu"
-    stem = f"{started[:10]}-{slug(gpu_name)}"
+    stem = f"{started[:10]}-{slug(gpu_name)}" + (f"-{slug(args.tag)}" if args.tag else "")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     md, bench_json = out / f"{stem}.md", out / f"{stem}.json"
