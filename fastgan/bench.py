@@ -25,6 +25,7 @@ in bytes of a tensor t:
     bias_act         fwd: 2|x| + |b|;  fwdbwd: 5|x| + 3|b|  (b read by fwd and bwd, db written)
     minibatch_stddev fwd: |x| read + |y| write, |y| = |x| (C+F)/C;
                      fwdbwd: fwd + bwd (read dy = |y|, read x, write dx = |x|) = 3|x| + 2|y|
+    grad_penalty     fwd: |g| read (p and the norms are N floats);  fwdbwd: 3|g| (+ read g, write dg)
 Intermediate tensors an unfused implementation writes and reads back are not counted: that is the
 point of fusing.
 
@@ -58,7 +59,7 @@ import torch
 
 PROVIDERS = ("eager", "compile", "triton", "cuda")
 PASSES = ("fwd", "fwdbwd")
-OPS = ("pixel_norm", "minibatch_stddev", "bias_act")
+OPS = ("pixel_norm", "minibatch_stddev", "bias_act", "grad_penalty")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -80,6 +81,9 @@ class OpSpec:
 
     def out_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(shape)
+
+    def out_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return dtype
 
     def make_inputs(self, shape, dtype, device, requires_grad: bool, seed: int = 0):
         g = torch.Generator(device=device)
@@ -180,7 +184,30 @@ class MinibatchStddevSpec(OpSpec):
         return nx + ny if pass_ == "fwd" else 3 * nx + 2 * ny
 
 
-SPECS: dict[str, OpSpec] = {s.name: s for s in (PixelNormSpec(), MinibatchStddevSpec(), BiasActSpec())}
+class GradPenaltySpec(OpSpec):
+    name = "grad_penalty"
+    byte_model = "fwd |g| (read g; p is N floats); fwdbwd 3|g| (+ read g, write dg)"
+    weight, target, mode = 10.0, 1.0, "gp"
+
+    def out_shape(self, shape):
+        return (shape[0],)
+
+    def out_dtype(self, dtype):
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    def call_ref(self, ref, inputs):
+        return ref(inputs[0], self.weight, self.target, self.mode)
+
+    def call_ff(self, ff, inputs):
+        return ff(inputs[0], self.weight, self.target, self.mode)
+
+    def min_bytes(self, shape, itemsize, pass_):
+        n = math.prod(shape) * itemsize
+        return n if pass_ == "fwd" else 3 * n
+
+
+SPECS: dict[str, OpSpec] = {s.name: s for s in (PixelNormSpec(), MinibatchStddevSpec(),
+                                                 BiasActSpec(), GradPenaltySpec())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +219,9 @@ GPU_ACT_SHAPES = [(16, 512, r, r) for r in (4, 8, 16, 32)] + [
     (16, 256, 64, 64), (16, 128, 128, 128), (16, 64, 256, 256)]
 GPU_ACT_SHAPES_QUICK = [(16, 512, 32, 32), (16, 128, 128, 128), (16, 64, 256, 256)]
 GPU_MBSTD_SHAPES = [(16, 512, 4, 4), (128, 512, 4, 4)]
+# The gradient a penalty reduces has the images' shape: batch 16 of RGB at 128 and 256 px.
+GPU_GRAD_SHAPES = [(16, 3, 128, 128), (16, 3, 256, 256)]
+CPU_GRAD_SHAPES = [(16, 3, 64, 64)]
 # CPU: small, so that a 2-core machine finishes in seconds.
 CPU_ACT_SHAPES = [(8, 64, 16, 16), (4, 32, 64, 64)]
 CPU_ACT_SHAPES_QUICK = [(4, 32, 64, 64)]
@@ -226,6 +256,8 @@ def shapes_for(op: str, device: str, quick: bool) -> list[tuple[int, ...]]:
     gpu = device == "cuda"
     if op == "minibatch_stddev":
         return GPU_MBSTD_SHAPES if gpu else CPU_MBSTD_SHAPES
+    if op == "grad_penalty":
+        return GPU_GRAD_SHAPES if gpu else CPU_GRAD_SHAPES
     if gpu:
         return GPU_ACT_SHAPES_QUICK if quick else GPU_ACT_SHAPES
     return CPU_ACT_SHAPES_QUICK if quick else CPU_ACT_SHAPES
@@ -434,7 +466,8 @@ def make_step(case: Case, provider: str, device: str, seed: int = 0):
         return call, lambda: [call()]
     g = torch.Generator(device=device)
     g.manual_seed(seed + 7)
-    dy = torch.randn(spec.out_shape(case.shape), dtype=case.dtype, device=device, generator=g)
+    dy = torch.randn(spec.out_shape(case.shape), dtype=spec.out_dtype(case.dtype), device=device,
+                     generator=g)
 
     def step():
         y = call()

@@ -4,6 +4,7 @@ from .ops.minibatch_stddev import minibatch_stddev
 from .ops.pixel_norm import pixel_norm
 from .ops.bias_act import bias_act
 from .ops.conv2d import conv2d, conv2d_resample, conv_transpose2d
+from .ops.grad_penalty import grad_penalty
 
 __all__ = ["minibatch_stddev", "pixel_norm"]
-__all__ += ["bias_act", "conv2d", "conv2d_resample", "conv_transpose2d"]
+__all__ += ["bias_act", "conv2d", "conv2d_resample", "conv_transpose2d", "grad_penalty"]
