@@ -16,7 +16,18 @@ from ._backend import (  # noqa: E402
     set_backend,
     use_backend,
 )
-from . import functional, losses, nn, penalties  # noqa: E402
+from . import functional, nn  # noqa: E402
+
+_LAZY = ("losses", "penalties")  # penalties imports torch._dynamo (~1 s): only when used
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS", "BackendFallbackWarning", "available_backends", "get_backend", "set_backend",
