@@ -133,13 +133,27 @@ needs_toolkit = pytest.mark.skipif(
             "FASTGAN_BUILD_CUDA=0"))
 
 
+# FASTGAN_BUILD_CUDA=1 (exported by .ci/run around its install and its tests) means the build was
+# forced at install: fastgan._C must then exist. Elsewhere (a checkout used in place, as the GPU
+# check does, which builds into the JIT cache instead) the extension must load from either place.
+BUILD_FORCED = os.environ.get("FASTGAN_BUILD_CUDA", "").strip() == "1"
+
+
 @needs_toolkit
-def test_extension_was_built_at_install_and_registers_cuda_kernels():
-    try:
-        import fastgan._C  # noqa: F401
-    except ImportError as err:
-        pytest.fail(f"fastgan._C was not built at install ({err}): with a CUDA toolkit present, "
-                    "install with `FASTGAN_BUILD_CUDA=1 pip install --no-build-isolation -e .`")
+def test_extension_was_built_and_registers_cuda_kernels():
+    if BUILD_FORCED:
+        try:
+            import fastgan._C  # noqa: F401
+        except ImportError as err:
+            pytest.fail(f"fastgan._C was not built at install ({err}) although "
+                        "FASTGAN_BUILD_CUDA=1: install with `FASTGAN_BUILD_CUDA=1 pip install "
+                        "--no-build-isolation -e .`")
+    else:
+        ok, why = _ext.status()
+        if not ok:
+            pytest.skip(f"no build of the extension here ({why}); `python -m fastgan.build` "
+                        "makes one")
+        _ext.load()
 
     assert len(_ext.OPS) == 12  # pixel_norm, minibatch_stddev, bias_act, grad_penalty x 3 passes
     for name in _ext.OPS:
