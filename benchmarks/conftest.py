@@ -249,12 +249,39 @@ def pytest_report_header(config):
     return lines
 
 
+_MODULE_SUMMARIES: list = []  # (results, write) of benchmark modules with their own cases
+
+
+def record(rec: dict, config, results: list) -> None:
+    """For benchmark modules with their own cases (layers, penalty): keep `rec` in `results` and
+    append it to the --fastgan-records file (JSON lines)."""
+    results.append(rec)
+    path = config.getoption("--fastgan-records")
+    if path:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def summarize_at_end(results: list, write) -> None:
+    """Have write(terminalreporter) print a module's summary at the session's end, if `results`
+    holds anything by then."""
+    _MODULE_SUMMARIES.append((results, write))
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    _write_op_summary(terminalreporter)
+    for results, write in _MODULE_SUMMARIES:
+        if results:
+            write(terminalreporter)
+
+
+def _write_op_summary(tr):
     session = _SESSION
     if session is None or not session.records:
         return
-    tr = terminalreporter
     tr.write_sep("=", "fastgan benchmarks")
     recs = session.records
     skipped_prov = {}

@@ -43,10 +43,8 @@ pytest-benchmark, and the summary says the GPU providers were skipped. Options
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import pathlib
 
 import pytest
 import torch
@@ -57,6 +55,8 @@ import fastgan.functional as FF
 from fastgan import bench as B
 from fastgan.nn import EqualConv2d
 from fastgan.ops.bias_act import bias_act_ref
+
+from .conftest import record, summarize_at_end
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PROVIDERS = B.PROVIDERS  # eager, compile, triton, cuda
@@ -234,16 +234,6 @@ def _bias_act_step(c, r, dtype, pass_, provider):
 # ---------------------------------------------------------------------------------------------
 # Running, checking, recording
 
-def _record(rec: dict, config) -> None:
-    _RESULTS.append(rec)
-    path = config.getoption("--fastgan-records")
-    if path:
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-
-
 _REFERENCE: dict = {}  # case key -> eager's outputs (one case held at a time)
 
 
@@ -295,7 +285,7 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
 
     def skip(reason):
         rec.update(status="skipped", reason=reason, min_bytes=0)
-        _record(rec, config)
+        record(rec, config, _RESULTS)
         pytest.skip(reason)
 
     ok, why = B.provider_status(provider, DEVICE)
@@ -328,7 +318,7 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
                 _COMPILE_GP_FAILURE.append(msg)
             skip(f"torch.compile of the eager layer failed: {msg}")
         rec.update(status="error", reason=msg, min_bytes=rec.get("min_bytes", 0))
-        _record(rec, config)
+        record(rec, config, _RESULTS)
         raise
     if DEVICE == "cuda":
         timing = B.measure(run, DEVICE, rep_ms=100.0, warmup_ms=10.0)
@@ -349,7 +339,7 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
     benchmark.extra_info.update({k: rec[k] for k in (
         "op", "shape", "dtype", "pass", "provider", "device", "status", "min_bytes", "ms", "gbps",
         "nominal_tflops", "max_abs_err", "tf32", "reason") if k in rec})
-    _record(rec, config)
+    record(rec, config, _RESULTS)
     if mismatch:
         pytest.fail(mismatch)
 
@@ -381,20 +371,6 @@ def test_bias_act_channels_last(benchmark, bias_act_case, provider, request):
 # ---------------------------------------------------------------------------------------------
 # Summary
 
-class _Reporter:
-    def pytest_terminal_summary(self, terminalreporter):
-        if _RESULTS:
-            _write_summary(terminalreporter)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _summary(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("fastgan_layers_summary"):
-        pm.register(_Reporter(), "fastgan_layers_summary")
-    yield
-
-
 def _write_summary(tr):
     tr.write_sep("=", "fastgan: equalized-lr layers and channels_last bias_act")
     skipped, other = {}, {}
@@ -424,3 +400,6 @@ def _write_summary(tr):
         tr.write_line("")
         for line in B.format_table(timed).splitlines():
             tr.write_line(line)
+
+
+summarize_at_end(_RESULTS, _write_summary)

@@ -38,10 +38,8 @@ compile_workaround and triton_compile), --fastgan-records=PATH.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import pathlib
 import time
 
 import pytest
@@ -51,6 +49,8 @@ import fastgan
 import fastgan.penalties as P
 from fastgan import bench as B
 from fastgan.models import Discriminator, PlainDiscriminator
+
+from .conftest import record, summarize_at_end
 
 OP = "d_step_gp"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,16 +229,6 @@ def _rel(a, b) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
 
 
-def _record(rec: dict, config) -> None:
-    _RESULTS.append(rec)
-    path = config.getoption("--fastgan-records")
-    if path:
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-
-
 def _skip_reason(provider) -> str | None:
     if DEVICE != "cuda":
         if provider == "eager":
@@ -275,7 +265,7 @@ def test_d_step_gradient_penalty(benchmark, penalty_case, provider, request):
 
     def skip(reason):
         rec.update(status="skipped", reason=reason)
-        _record(rec, request.config)
+        record(rec, request.config, _RESULTS)
         pytest.skip(reason)
 
     why = _skip_reason(provider)
@@ -296,7 +286,7 @@ def test_d_step_gradient_penalty(benchmark, penalty_case, provider, request):
         if provider == "compile":  # the baseline's outcome, not fastgan's failure
             skip(f"torch.compile(D) with the gradient penalty raises: {msg}")
         rec.update(status="error", reason=msg)
-        _record(rec, request.config)
+        record(rec, request.config, _RESULTS)
         raise
     rec["first_call_s"] = time.perf_counter() - t0
     rec["loss_rel_err"] = _rel(loss, ref_loss)
@@ -341,25 +331,9 @@ def test_d_step_gradient_penalty(benchmark, penalty_case, provider, request):
     for k in ("ms", "peak_mib", "reason", "penalty_dropped"):
         if k in rec:
             benchmark.extra_info[k] = rec[k]
-    _record(rec, request.config)
+    record(rec, request.config, _RESULTS)
     if failure:
         pytest.fail(failure)
-
-
-class _Reporter:
-    """Registered as a pytest plugin by the first test: prints the summary at the session's end."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if _RESULTS:
-            _write_summary(terminalreporter)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _summary(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("fastgan_penalty_summary"):
-        pm.register(_Reporter(), "fastgan_penalty_summary")
-    yield
 
 
 def _write_summary(tr):
@@ -384,3 +358,6 @@ def _write_summary(tr):
         mem = f"{r['peak_mib']:7.0f} MiB" if "peak_mib" in r else ""
         note = f"  [{r['status']}: {r.get('reason', '')}]" if r["status"] != "ok" else ""
         tr.write_line(f"{head} {r['ms']:8.2f} ms {speed} {mem} err {r['grad_rel_err']:.1e}{note}")
+
+
+summarize_at_end(_RESULTS, _write_summary)
