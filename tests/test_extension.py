@@ -25,6 +25,13 @@ TOOLKIT = fbuild.find_cuda_home() if CUDA_TORCH else None
 BUILD_DISABLED = os.environ.get("FASTGAN_BUILD_CUDA", "").strip() == "0"
 
 
+@pytest.fixture(autouse=True)
+def _extension_for_gpu_tests(request):
+    """GPU tests call the raw fastgan_cuda ops: load the extension (building it if needed)."""
+    if request.node.get_closest_marker("cuda"):
+        _ext.load(build=True)
+
+
 def _no_compiling(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("fastgan._ext compiled something")
@@ -236,7 +243,6 @@ def _layout(x, layout):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,dim,layout", PN_CASES)
 def test_cuda_pixel_norm_raw_ops(shape, dim, layout, dtype):
-    _ext.load(build=True)
     torch.manual_seed(0)
     if layout == "sliced":
         shape = (*shape[:-1], shape[-1] * 2)
@@ -253,7 +259,6 @@ def test_cuda_pixel_norm_raw_ops(shape, dim, layout, dtype):
 
 @pytest.mark.cuda
 def test_cuda_pixel_norm_stride0_grad_and_layout():
-    _ext.load(build=True)
     x = torch.randn(4, 16, 5, 5, device="cuda").contiguous(memory_format=torch.channels_last)
     grad = torch.ones((), device="cuda").expand(x.shape)  # what y.sum().backward() hands over
     dx = torch.ops.fastgan_cuda.pixel_norm_backward(grad, x, 1e-8, 1)
@@ -281,7 +286,6 @@ MBSD_CASES = [  # (shape, group_size, num_features, strided, unbiased, layout)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,G,F,strided,unbiased,layout", MBSD_CASES)
 def test_cuda_minibatch_stddev_raw_ops(shape, G, F, strided, unbiased, layout, dtype):
-    _ext.load(build=True)
     torch.manual_seed(0)
     if layout == "sliced":
         shape = (*shape[:-1], shape[-1] * 2)
@@ -301,7 +305,6 @@ def test_cuda_minibatch_stddev_raw_ops(shape, G, F, strided, unbiased, layout, d
 
 @pytest.mark.cuda
 def test_cuda_minibatch_stddev_layout_and_determinism():
-    _ext.load(build=True)
     x = torch.randn(16, 32, 33, 31, device="cuda").contiguous(memory_format=torch.channels_last)
     y = torch.ops.fastgan_cuda.minibatch_stddev_forward(x, 4, 1, 1e-8, True, False)
     assert y.shape == (16, 33, 33, 31) and y.is_contiguous(memory_format=torch.channels_last)
@@ -314,7 +317,6 @@ def test_cuda_minibatch_stddev_layout_and_determinism():
 
 @pytest.mark.cuda
 def test_cuda_binding_checks():
-    _ext.load(build=True)
     ops = torch.ops.fastgan_cuda
     x = torch.randn(6, 4, 3, 3, device="cuda")
     with pytest.raises(RuntimeError, match="group_size"):
@@ -472,19 +474,16 @@ def _bias_act_nan_and_determinism(device):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,dim,layout", BA_CASES)
 def test_cuda_bias_act_raw_ops(shape, dim, layout, dtype, act):
-    _ext.load(build=True)
     _bias_act_case(shape, dim, layout, dtype, act, "cuda")
 
 
 @pytest.mark.cuda
 def test_cuda_bias_act_stride0_mixed_dtypes_empty():
-    _ext.load(build=True)
     _bias_act_stride0_and_mixed_dtypes("cuda")
 
 
 @pytest.mark.cuda
 def test_cuda_bias_act_nan_and_determinism():
-    _ext.load(build=True)
     _bias_act_nan_and_determinism("cuda")
 
 
@@ -621,13 +620,11 @@ def _grad_penalty_progan_shape(device, dtype, layout):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,layout", GP_CASES)
 def test_cuda_grad_penalty_raw_ops(shape, layout, dtype, mode, with_dnorm):
-    _ext.load(build=True)
     _grad_penalty_case(shape, layout, dtype, mode, with_dnorm, "cuda")
 
 
 @pytest.mark.cuda
 def test_cuda_grad_penalty_stride0_zero_norm_empty():
-    _ext.load(build=True)
     _grad_penalty_stride0_zero_norm_empty("cuda")
 
 
@@ -635,13 +632,11 @@ def test_cuda_grad_penalty_stride0_zero_norm_empty():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_cuda_grad_penalty_progan_shape_and_determinism(dtype, layout):
-    _ext.load(build=True)
     _grad_penalty_progan_shape("cuda", dtype, layout)
 
 
 @pytest.mark.cuda
 def test_cuda_bias_act_grad_penalty_binding_checks():
-    _ext.load(build=True)
     ops = torch.ops.fastgan_cuda
     x = torch.randn(2, 3, 4, 4, device="cuda")
     with pytest.raises(RuntimeError, match="act must be one of"):
