@@ -131,8 +131,14 @@ def _auto_choice() -> str:
 
 def resolve(tensor: torch.Tensor, op: str) -> str:
     """The concrete backend ("ref" | "triton" | "cuda") that runs `op` on `tensor` now."""
-    name = get_backend()
-    device = tensor.device.type
+    return _resolve(get_backend(), tensor.device.type, op)
+
+
+# Under torch.compile the choice is made once at trace time and baked into the graph (dynamo
+# guards on the requested backend and the device); tracing through it instead would reach
+# importlib and the extension loader, which dynamo refuses in fullgraph mode (torch 2.11).
+@torch.compiler.assume_constant_result
+def _resolve(name: str, device: str, op: str) -> str:
     if name == "ref":
         return "ref"
     if name == "auto":
