@@ -323,6 +323,8 @@ def _(gg_x, gg_b, mask, act, alpha, gain, dim, backend):
 
 def _save_forward(ctx, inputs, output):
     x, b, act, alpha, gain, dim, _, backend = inputs
+    # Else autograd hands the vjp a zero-filled gradient for the mask: an activation-sized memset.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1])
     ctx.args = (act, alpha, gain, dim, backend)
     ctx.b_dtype = None if b is None else b.dtype
@@ -339,6 +341,7 @@ def _forward_vjp(ctx, grad, _grad_mask):
 
 def _save_backward(ctx, inputs, output):
     grad, mask, has_bias, act, alpha, gain, dim, backend = inputs
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(mask)
     ctx.args = (act, alpha, gain, dim, backend)
     ctx.has_bias = has_bias

@@ -403,6 +403,7 @@ def _(gg, dp, dnorm, g, norm, weight, target, mode, backend):
 
 
 def _setup_forward(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # an unused norm's gradient stays None, not zeros
     ctx.save_for_backward(inputs[0], output[1])
     ctx.args = inputs[1:]
 
