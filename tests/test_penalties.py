@@ -363,16 +363,56 @@ def test_ddp_single_process(tmp_path):
         real, fake = _images()
         eps = torch.rand(N)
 
-        def step(d):
-            return (d(fake).mean() - d(real).mean() + P.gradient_penalty(d, real, fake, epsilon=eps)
-                    + P.drift_penalty(d(real)))
-
-        _, got = _value_and_grads(ddp, lambda: step(ddp))
-        _, want = _value_and_grads(D, lambda: step(D))
+        _, got = _value_and_grads(ddp, lambda: _ddp_step(ddp, real, fake, eps))
+        _, want = _value_and_grads(D, lambda: _ddp_step(D, real, fake, eps))
         for a, b in zip(got, want):
             assert_close(a, b, torch.float32, "ddp grad")
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_step(d, real, fake, eps):
+    return (d(fake).mean() - d(real).mean() + P.gradient_penalty(d, real, fake, epsilon=eps)
+            + P.drift_penalty(d(real)))
+
+
+def _ddp_worker(rank, world, tmp_path, backend):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=rank,
+                            world_size=world)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(_model(PlainD))
+        real, fake = _images(n=N * world)
+        eps = torch.rand(N * world, generator=torch.Generator().manual_seed(1))
+        mine = slice(rank * N, (rank + 1) * N)
+        with fastgan.use_backend(backend):
+            _, grads = _value_and_grads(ddp, lambda: _ddp_step(ddp, real[mine], fake[mine],
+                                                               eps[mine]))
+        torch.save(grads, tmp_path / f"grads{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
+    """Two gloo processes, each with half the batch: DDP's all-reduced gradients of the whole D
+    step (penalty included) equal one process's on the whole batch (every term is a mean)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    backend = "triton" if fastgan._backend.triton_interpreter_on() else "ref"
+    world = 2
+    torch.multiprocessing.spawn(_ddp_worker, args=(world, tmp_path, backend), nprocs=world)
+    D = _model(PlainD)
+    real, fake = _images(n=N * world)
+    eps = torch.rand(N * world, generator=torch.Generator().manual_seed(1))
+    with fastgan.use_backend(backend):
+        _, want = _value_and_grads(D, lambda: _ddp_step(D, real, fake, eps))
+    for rank in range(world):
+        got = torch.load(tmp_path / f"grads{rank}.pt")
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_close(a, b, torch.float32, f"rank {rank} grad of parameter {i}")
 
 
 @pytest.mark.cuda
