@@ -283,6 +283,15 @@ def test_fused_weights_are_the_identities():
     assert cv.fused_down_weight(w2).shape == (5, 3, 4, 4)
 
 
+@pytest.mark.parametrize("fn", ["fused_down_weight", "fused_up_weight"])
+def test_fused_weight_derivatives(fn):
+    """The weight maps and their adjoints (each other's backward) to second order, on a
+    non-square kernel."""
+    w = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(getattr(cv, fn), (w,))
+    assert torch.autograd.gradgradcheck(getattr(cv, fn), (w,))
+
+
 def test_why_not_fusable():
     assert cv.why_not_fusable("down", 3, 1, 1) is None
     assert cv.why_not_fusable("up", 3, 1, 2) is None
