@@ -261,49 +261,35 @@ RESAMPLES = (None, "up", "down")
 
 
 class _Box2(torch.autograd.Function):
-    """[.., kh, kw] -> [.., kh+1, kw+1]: the sum of the four copies of w shifted by 0/1 per dim,
-    divided by `divisor`: a 2x2 window sum over w zero-padded by 1, as one pooling op. Its
-    adjoint is the 2x2 window sum without padding ([.., kh+1, kw+1] -> [.., kh, kw]); the two
-    are each other's backward, so nothing is saved and every order is one op (pad / slice / add
-    chains cost a launch each, on every forward)."""
+    """A 2x2 window sum over w zero-padded by `padding`, divided by `divisor`, as one pooling op.
+    padding 1: [.., kh, kw] -> [.., kh+1, kw+1], the sum of the four copies of w shifted by 0/1
+    per dim; padding 0 ([.., kh+1, kw+1] -> [.., kh, kw]) is its adjoint, and vice versa. So the
+    backward is the same Function with the other padding: nothing is saved and every order is
+    one op (pad / slice / add chains cost a launch each, on every forward)."""
 
     @staticmethod
-    def forward(w, divisor):
-        return F.avg_pool2d(w, 2, stride=1, padding=1, divisor_override=divisor)
+    def forward(w, divisor, padding):
+        return F.avg_pool2d(w, 2, stride=1, padding=padding, divisor_override=divisor)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.divisor = inputs[1]
+        ctx.divisor, ctx.padding = inputs[1], inputs[2]
 
     @staticmethod
     def backward(ctx, g):
-        return _Box2Adjoint.apply(g, ctx.divisor), None
-
-
-class _Box2Adjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(g, divisor):
-        return F.avg_pool2d(g, 2, stride=1, padding=0, divisor_override=divisor)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.divisor = inputs[1]
-
-    @staticmethod
-    def backward(ctx, h):
-        return _Box2.apply(h, ctx.divisor), None
+        return _Box2.apply(g, ctx.divisor, 1 - ctx.padding), None, None
 
 
 def fused_down_weight(weight: torch.Tensor) -> torch.Tensor:
     """The stride-2 conv kernel equal to conv(weight) then a 2x2 average pool."""
-    return _Box2.apply(weight, 4)
+    return _Box2.apply(weight, 4, 1)
 
 
 def fused_up_weight(weight: torch.Tensor) -> torch.Tensor:
     """The stride-2 conv_transpose2d kernel ([in, out, kh+1, kw+1]) equal to nearest-2x upsampling
     then conv(weight) (weight [out, in, kh, kw])."""
     # The box sum is symmetric, so flipping after it equals the flipped kernel's box sum.
-    return _Box2.apply(weight, 1).flip(2, 3).transpose(0, 1)
+    return _Box2.apply(weight, 1, 1).flip(2, 3).transpose(0, 1)
 
 
 def why_not_fusable(resample: str | None, kernel_size, stride, padding) -> str | None:
