@@ -103,6 +103,10 @@ bool collapse(const Tensor& t, int64_t lo, int64_t hi, int64_t& stride) {
 }
 
 bool view3_strides(const Tensor& t, int64_t dim, std::array<int64_t, 3>& s) {
+  if (t.numel() == 0) {  // nothing is read or written: any strides (a size-0 dim breaks collapse)
+    s = {0, 0, 0};
+    return true;
+  }
   s[1] = t.size(dim) == 1 ? 0 : t.stride(dim);
   return collapse(t, 0, dim, s[0]) && collapse(t, dim + 1, t.dim(), s[2]);
 }
@@ -250,6 +254,7 @@ MBSetup mbstd_setup(const Tensor& x, int64_t group_size, int64_t num_features, d
   const int64_t G = std::max<int64_t>(1, std::min(group_size, N));
   TORCH_CHECK(N % G == 0, "fastgan_cuda::", op, ": group_size ", G,
               " must divide the batch size, got x of shape ", x.sizes());
+  TORCH_CHECK(C > 0, "fastgan_cuda::", op, ": x must have channels, got shape ", x.sizes());
   TORCH_CHECK(C % num_features == 0, "fastgan_cuda::", op, ": num_features ", num_features,
               " must divide the channels, got x of shape ", x.sizes());
   TORCH_CHECK(!(unbiased && G < 2 && N > 0), "fastgan_cuda::", op,

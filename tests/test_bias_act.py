@@ -335,6 +335,20 @@ def test_empty_input(device, backend):
     assert y.shape == dx.shape == x.shape and db.shape == b.shape and not db.any()
 
 
+@pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
+@pytest.mark.parametrize("shape,dim", [((4, 3, 5, 0), 1), ((2, 0, 3), 2)])
+def test_kernel_op_on_empty_tensors(device, backend, shape, dim):
+    """The op itself (the wrapper hands empty tensors to the reference) on tensors emptied by a
+    size-0 dim other than the batch, to the double backward."""
+    x = torch.randn(shape, device=device, requires_grad=True)
+    b = torch.randn(shape[dim], device=device, requires_grad=True)
+    v = torch.randn(shape, device=device, requires_grad=True)
+    y = ba._bias_act_op(x, b, "lrelu", 0.2, 1.0, dim, True, backend)[0]
+    dx, db = torch.autograd.grad(y, (x, b), v, create_graph=True)
+    (gv,) = torch.autograd.grad(dx.sum() + db.sum(), v)  # through the double backward op
+    assert y.shape == dx.shape == gv.shape == x.shape and db.shape == b.shape and not db.any()
+
+
 def _sm90_specs():
     """Every kernel variant: 3 dtypes x 3 acts x 2 layouts (unit strides as launches specialize
     them, tiles as `_config` picks them) x fwd + 2 grad flavours, and the partials sum."""

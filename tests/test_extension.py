@@ -335,6 +335,8 @@ def test_cuda_binding_checks():
         ops.pixel_norm_backward(x.cuda(), x.cpu(), 1e-8, 1)
     with pytest.raises(RuntimeError, match="dim"):
         ops.pixel_norm_forward(x, 1e-8, 4)
+    with pytest.raises(RuntimeError, match="must have channels"):
+        ops.minibatch_stddev_forward(x[:, :0], 2, 1, 1e-8, True, False)
 
 
 # ------------------------------------------------------------------------------ GPU: bias_act

@@ -195,6 +195,25 @@ def test_bad_input_raises_naming_argument(bad, exc, words):
         FF.pixel_norm(bad)
 
 
+@pytest.mark.parametrize("eps,exc", [(-1e-8, ValueError), (float("nan"), ValueError),
+                                     ("1e-8", TypeError)])
+def test_bad_eps_raises(eps, exc):
+    with pytest.raises(exc, match="eps must be"):
+        FF.pixel_norm(torch.ones(2, 3), eps)
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
+@pytest.mark.parametrize("shape,dim", [((4, 16, 5, 0), 1), ((2, 0, 3), 2), ((0, 3, 2), 1)])
+def test_kernel_op_on_empty_tensors(device, backend, shape, dim):
+    """The op itself (the wrapper hands empty tensors to the reference) on tensors emptied by
+    any dim, a size-0 inner dim included, to the double backward."""
+    x = torch.randn(shape, device=device, requires_grad=True)
+    y = pn._pixel_norm_op(x, 1e-8, dim, backend)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    assert y.shape == g.shape == gg.shape == x.shape
+
+
 def test_bad_dim_raises():
     with pytest.raises(ValueError, match=r"dim must be an int in \[-3, 3\)"):
         FF.pixel_norm(torch.ones(2, 3, 4), dim=3)

@@ -28,6 +28,13 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"tensors must be on one device, got {listed}")
 
 
+def check_eps(eps) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+
+
 def normalize_dim(dim: int, ndim: int, name: str = "dim") -> int:
     if not isinstance(dim, int) or not -ndim <= dim < ndim:
         raise ValueError(f"{name} must be an int in [{-ndim}, {ndim}), got {dim!r}")
@@ -41,6 +48,8 @@ def acc_dtype(dtype: torch.dtype):
 
 def _merge_dims(sizes, strides) -> tuple[int, int] | None:
     """(size, stride) of consecutive dims seen as one dim, or None when they cannot be."""
+    if 0 in sizes:  # no element: any stride will do
+        return 0, 0
     size, stride = 1, 0
     for sz, st in zip(reversed(sizes), reversed(strides)):
         if sz == 1:

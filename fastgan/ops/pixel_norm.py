@@ -257,6 +257,7 @@ _pixel_norm_double_backward_op.register_autograd(_double_backward_vjp, setup_con
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8, dim: int = 1) -> torch.Tensor:
     """x * rsqrt(mean(x**2, dim, keepdim=True) + eps) for x of shape [N, C] or [N, C, *]."""
     C_.check_float_tensor(x, "x", min_dim=2)
+    C_.check_eps(eps)
     dim = C_.normalize_dim(dim, x.dim())
     if x.shape[dim] == 0:
         raise ValueError(f"x must have a non-empty dim {dim}, got shape {tuple(x.shape)}")
