@@ -7,7 +7,7 @@ Steps (each one's failure is recorded, and the next steps still run):
   1. environment: GPU name, driver, torch / CUDA / triton / Python versions, TF32 mode, git commit,
      and the device's copy bandwidth (a 1 GiB device-to-device copy; "floor" = bytes / that).
   2. build:        python -m fastgan.build
-  3. GPU tests:    python -m pytest tests -m cuda
+  3. GPU tests:    python -m pytest tests -m cuda   (CUDA_LAUNCH_BLOCKING=1)
   4. other tests:  python -m pytest tests -m "not cuda"   (3 + 4 = the full suite, each test once)
   5. benchmarks:   python -m pytest benchmarks/ --benchmark-only --benchmark-json=...
 Then writes, in --out (default benchmarks/results/):
@@ -509,6 +509,8 @@ def main(argv=None) -> int:
     env["PYTHONUNBUFFERED"] = "1"
     bench_env = dict(env)
     bench_env.pop("TRITON_INTERPRET", None)  # never time the interpreter
+    # a kernel fault is reported by the op that caused it, not by a later one
+    gpu_test_env = dict(env, CUDA_LAUNCH_BLOCKING="1")
 
     py = sys.executable
     plan = [
@@ -571,7 +573,8 @@ def main(argv=None) -> int:
             if name == "benchmarks" and not bench_quick and timeout < 300:
                 bench_quick = True
                 cmd.append("--fastgan-quick")
-            step = Step(name, cmd, timeout, bench_env if name == "benchmarks" else env, logs.get(name))
+            step_env = {"benchmarks": bench_env, "GPU tests": gpu_test_env}.get(name, env)
+            step = Step(name, cmd, timeout, step_env, logs.get(name))
             steps.append(step)
             if skip[name]:
                 step.status = "skipped (option)"
