@@ -138,6 +138,20 @@ def test_zero_gradient_sample_is_safe(device, backend, mode):
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 0), (2, 4, 0, 3)])
+@pytest.mark.parametrize("mode", ["gp", "r1"])
+def test_kernel_op_on_empty_samples(device, backend, shape, mode):
+    """The op itself (the wrapper hands empty tensors to the reference): samples with no
+    element have norm 0, to the double backward."""
+    g = torch.zeros(shape, device=device)
+    dp, dn = torch.randn(2, shape[0], device=device)
+    got = _run(lambda t: gp._grad_penalty_op(t, 3.0, 0.5, mode, backend), g, dp, dn, g)
+    want = _run(lambda t: gp.grad_penalty_ref(t, 3.0, 0.5, mode, return_norm=True), g, dp, dn, g)
+    for a, b, name in zip(got, want, ("p", "norm", "dg", "d2")):
+        assert_close(a, b, torch.float32, name)
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
 def test_deterministic(device, backend):
     g = _g((4, 3, 40, 40), "cl", torch.float32, device, 6).requires_grad_()
     with fastgan.use_backend(backend):

@@ -97,31 +97,31 @@ next_power_of_2 = triton.next_power_of_2
 
 
 @triton.jit
-def rsqrt(v):
-    """1/sqrt(v); fp64 goes through sqrt and a division (tl.rsqrt is an fp32 approximation)."""
-    if v.dtype == tl.float64:
-        return 1.0 / tl.sqrt(v)
-    else:
-        return tl.rsqrt(v)
-
-
-# ---------------------------------------------------------------------------------------------
-# Added for ops/grad_penalty.py (per-sample reductions over a flat [N, M] view).
-
-@triton.jit
 def sqrt(v):
-    """IEEE-rounded sqrt: tl.sqrt_rn for fp32 (tl.sqrt may be an approximation), tl.sqrt for fp64."""
+    """IEEE-rounded sqrt: tl.sqrt_rn for fp32 (tl.sqrt lowers to sqrt.approx.ftz.f32, which
+    flushes subnormals: a tiny variance with eps=0 would become 0), tl.sqrt for fp64."""
     if v.dtype == tl.float64:
         return tl.sqrt(v)
     else:
         return tl.sqrt_rn(v)
 
 
+@triton.jit
+def rsqrt(v):
+    """1/sqrt(v) through the IEEE sqrt (tl.rsqrt lowers to rsqrt.approx.ftz.f32)."""
+    return 1.0 / sqrt(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Added for ops/grad_penalty.py (per-sample reductions over a flat [N, M] view).
+
 def sample_block(t: torch.Tensor) -> tuple[int, int] | None:
     """(M, batch_stride) when each sample t[n] fills the M memory slots t.data + n*batch_stride +
     [0, M) exactly (some permutation of its dims is dense, as for NCHW and channels_last) and the
     whole tensor is dense, so that `torch.empty_like(t)` has the same strides; else None."""
     sizes, strides = t.shape[1:], t.stride()[1:]
+    if 0 in sizes:  # empty samples: nothing to address
+        return 0, 0
     dims = sorted((st, sz) for sz, st in zip(sizes, strides) if sz != 1)
     expected = 1
     for st, sz in dims:

@@ -251,7 +251,7 @@ def _like_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def _sizes(m: int):
     block = min(1024, C_.next_power_of_2(max(m, 1)))
     chunk = block * _ITERS if m > block else block
-    return block, chunk, C_.cdiv(m, chunk)
+    return block, chunk, max(1, C_.cdiv(m, chunk))  # empty samples: one chunk that reads nothing
 
 
 def _launch(kernel, grid, *args, **meta):
@@ -321,7 +321,7 @@ def _triton_double_backward(gg, dp, dnorm, g, norm, weight, target, mode):
     g_norm = torch.empty(n, dtype=norm.dtype, device=g.device)
     dp, s_dp, dn, s_dn, has_dn = _dp_args(dp, dnorm)
     norm = norm.contiguous()
-    part = torch.empty(n * n_chunks, dtype=norm.dtype, device=g.device)
+    part = torch.empty(n * n_chunks, dtype=_acc_torch(g.dtype), device=g.device)
     _launch(_penalty_bwd2_kernel, (n * n_chunks,), gg, dp, dn, g, norm, g_g, part, m, s_ggn,
             s_gn, s_on, s_dp, s_dn, n_chunks, *_split(weight), *_split(target),
             R1=mode == "r1", HAS_DNORM=has_dn, ACC=acc, CHUNK=chunk, BLOCK=block,

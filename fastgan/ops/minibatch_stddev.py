@@ -204,7 +204,7 @@ def _mbstd_fwd_kernel(x_ptr, y_ptr, part_ptr, G, F, c, HW, W, E, SPLIT, CHUNK, D
                 mask = (gl < G)[:, None] & emask[None, :]
                 xv = tl.load(x_ptr + rl * sx_n + ox, mask=mask, other=0.0)
                 tl.store(y_ptr + rl * sy_n + oy, xv.to(y_ptr.dtype.element_ty), mask=mask)
-        total += tl.where(emask, tl.sqrt(v / D + eps), 0.0)
+        total += tl.where(emask, C_.sqrt(v / D + eps), 0.0)
     tl.store(part_ptr + pid, tl.sum(total, axis=0))
 
 
@@ -264,13 +264,13 @@ def _mbstd_bwd_kernel(dy_ptr, x_ptr, dx_ptr, G, F, C, c, HW, W, E, GHW, SPLIT, C
             xa = tl.load(x_ptr + rows * sx_n + ox, mask=mask, other=0.0).to(ACC)
             dyv = tl.load(dy_ptr + rows * sd_n + od, mask=mask, other=0.0).to(ACC)
             d = tl.where(mask, xa - (tl.sum(xa, axis=0) / G)[None, :], 0.0)
-            scale = coef / tl.sqrt(tl.sum(d * d, axis=0) / D + eps)
+            scale = coef / C_.sqrt(tl.sum(d * d, axis=0) / D + eps)
             tl.store(dx_ptr + rows * so_n + oo,
                      (dyv + scale[None, :] * d).to(dx_ptr.dtype.element_ty), mask=mask)
         else:
             mu, v, _, _ = _loop_moments(x_ptr, x_ptr, m, G, sm, sg, sx_n, ox, sx_n, ox, emask,
                                         False, ACC, BLOCK_G, BLOCK_E)
-            scale = (coef / tl.sqrt(v / D + eps))[None, :]
+            scale = (coef / C_.sqrt(v / D + eps))[None, :]
             for g0 in range(0, G, BLOCK_G):
                 gl = g0 + tl.arange(0, BLOCK_G)
                 rl = (m * sm + gl * sg).to(tl.int64)[:, None]
@@ -323,7 +323,7 @@ def _mbstd_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, part_ptr,
             d = tl.where(mask, xa - (tl.sum(xa, axis=0) / G)[None, :], 0.0)
             var_eps = tl.sum(d * d, axis=0) / D + eps  # sigma^2
             b = tl.sum(gga * d, axis=0)
-            sigma = tl.sqrt(var_eps)
+            sigma = C_.sqrt(var_eps)
             gx = (coef / sigma)[None, :] * (gga - (tl.sum(gga, axis=0) / G)[None, :]
                                             - d * (b / (D * var_eps))[None, :])
             tl.store(gx_ptr + rows * sb_n + ob, gx.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -331,7 +331,7 @@ def _mbstd_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, part_ptr,
             mu, v, mgg, b = _loop_moments(x_ptr, gg_ptr, m, G, sm, sg, sx_n, ox, sg_n, og, emask,
                                           True, ACC, BLOCK_G, BLOCK_E)
             var_eps = v / D + eps
-            sigma = tl.sqrt(var_eps)
+            sigma = C_.sqrt(var_eps)
             a = (coef / sigma)[None, :]
             q = (b / (D * var_eps))[None, :]
             for g0 in range(0, G, BLOCK_G):
