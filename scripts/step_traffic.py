@@ -19,7 +19,8 @@ import collections
 import os
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # fake CPU tensors may take the "triton" path
+if __name__ == "__main__":  # fake CPU tensors may take the "triton" path (never set on import)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
@@ -49,8 +50,9 @@ class Traffic(TorchDispatchMode):
         return out
 
 
-def step(fused: bool, res: int, n: int, bf16: bool, order: str):
-    """(Traffic, bytes kept before the backward) of one D step."""
+def step(fused: bool, res: int, n: int, bf16: bool, order: str, device: str = "cpu",
+         backend: str = "triton"):
+    """(Traffic, bytes kept before the backward) of one D step, on fake `device` tensors."""
     kept = {}
 
     def pack(t):
@@ -58,12 +60,12 @@ def step(fused: bool, res: int, n: int, bf16: bool, order: str):
         kept[s._cdata] = (StorageWeakRef(s), s.nbytes())
         return t
 
-    with FakeTensorMode(allow_non_fake_inputs=True), torch.device("cpu"), \
-            fastgan.use_backend("triton"):
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device), \
+            fastgan.use_backend(backend):
         D = (Discriminator if fused else PlainDiscriminator)(resolution=res, down_order=order)
         real, fake = torch.randn(2, n, 3, res, res)
         eps = torch.rand(n)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), Traffic() as traffic:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16), Traffic() as traffic:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 if fused:
                     gp = P.gradient_penalty(D, real, fake, epsilon=eps)

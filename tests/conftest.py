@@ -4,7 +4,9 @@ Without a GPU, Triton kernels run through the interpreter: TRITON_INTERPRET=1 mu
 triton is first imported, which is why it happens here, at the top of the first conftest.
 """
 
+import importlib.util
 import os
+import pathlib
 
 import torch
 
@@ -66,3 +68,12 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
     scale = max(expected.double().abs().max().item(), 1e-12) if expected.numel() else 1.0
     assert err <= rtol * scale, f"{name}: max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the developer scripts are not part of the package)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

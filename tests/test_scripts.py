@@ -1,25 +1,19 @@
 """The developer scripts in scripts/ still run (they are not part of the package)."""
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from conftest import load_script
+
 SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("args", [[], ["--bf16", "--order", "port"]])
 def test_step_traffic_reports_both_discriminators(args, capsys):
-    assert _load("step_traffic").main(["--res", "16", "--batch", "2", *args]) == 0
+    assert load_script("step_traffic").main(["--res", "16", "--batch", "2", *args]) == 0
     out = capsys.readouterr().out
     assert "plain-torch D, eager penalty" in out and "fastgan D + penalty" in out
     kept = [float(line.split(":")[1].split()[0]) for line in out.splitlines()

@@ -10,23 +10,21 @@ unfused pass over memory: exactly what the fused path exists to remove.
 
 What is kept: the bytes of the tensors autograd has saved and still holds when the D step's loss
 is complete, just before its backward, which is where the step's memory peaks (BASELINES.md: the
-eager step peaks at 11175 MiB at 256x256 fp32, where this count gives 10699 MiB). Counted under
-FakeTensorMode at the benchmark's real size (256x256, batch 16, official widths) without
-allocating it.
+eager step peaks at 11175 MiB at 256x256 fp32, where this count gives 10699 MiB). Counted by
+scripts/step_traffic.py under FakeTensorMode at the benchmark's real size (256x256, batch 16,
+official widths) without allocating it.
 """
 
 import collections
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastgan
 import fastgan.penalties as P
-from conftest import KERNEL_DEVICE_BACKENDS
-from fastgan.models.progan import Discriminator, Generator, PlainDiscriminator
+from conftest import KERNEL_DEVICE_BACKENDS, load_script
+from fastgan.models.progan import Discriminator, Generator
 
 N, RES = 5, 16
 aten = torch.ops.aten
@@ -126,40 +124,13 @@ def test_generator_step_computes_activations_only_in_convs_and_fused_ops(device,
 
 # --- what is kept --------------------------------------------------------------------------------
 
-def _saved_bytes_before_backward(D, device, autocast, fastgan_penalty, n=16, res=256):
-    """Bytes of saved tensors alive once the loss D(fake) - D(real) + GP exists (fake tensors)."""
-    saved = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        saved[s._cdata] = (StorageWeakRef(s), s.nbytes())
-        return t
-
-    real, fake = torch.randn(2, n, 3, res, res, device=device)
-    eps = torch.rand(n, device=device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-        if fastgan_penalty:
-            gp = P.gradient_penalty(D, real, fake, epsilon=eps)
-        else:  # WGAN-GP as usually written
-            x = torch.lerp(fake, real, eps.view(-1, 1, 1, 1)).requires_grad_()
-            (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
-            gp = 10 * ((g.float().flatten(1).norm(dim=1) - 1) ** 2).mean()
-        loss = D(fake).mean() - D(real).mean() + gp  # noqa: F841 (holds the graph)
-        return sum(nbytes for ref, nbytes in saved.values() if not ref.expired())
-
-
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_penalty_step_keeps_at_most_55_percent_of_eager(device, backend, autocast):
     """Issue 8's memory goal (-45% peak) as the bytes autograd keeps for the official-order D
     at 256x256, batch 16: fastgan's layers and penalty against the same D in plain torch."""
-    with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device), \
-            fastgan.use_backend(backend):
-        plain = _saved_bytes_before_backward(PlainDiscriminator(resolution=256), device,
-                                             autocast, fastgan_penalty=False)
-        fused = _saved_bytes_before_backward(Discriminator(resolution=256), device, autocast,
-                                             fastgan_penalty=True)
+    plain, fused = (load_script("step_traffic").step(f, 256, 16, autocast, "official", device,
+                                                     backend)[1] for f in (False, True))
     mib = 2**20
     assert fused <= 0.55 * plain, (f"fastgan keeps {fused / mib:.0f} MiB, plain torch "
                                    f"{plain / mib:.0f} MiB ({fused / plain:.2f}x)")
