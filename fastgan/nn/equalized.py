@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import functional as FF
 from ..ops.conv2d import RESAMPLES, why_not_fusable
+from .spectral_norm import scaled_weight
 
 __all__ = ["EqualConv2d", "EqualLinear", "FusedLeakyReLU"]
 
@@ -124,7 +125,7 @@ class EqualConv2d(_Equalized):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"EqualConv2d({self.in_channels}, {self.out_channels}) got x with "
                              f"{x.shape[1]} channels (shape {tuple(x.shape)})")
-        y = FF.conv2d_resample(x, self.weight * self.scale, self.resample, self.stride,
+        y = FF.conv2d_resample(x, scaled_weight(self, self.scale), self.resample, self.stride,
                                self.padding, self.fused)
         return self._epilogue(y, 1)
 
@@ -163,7 +164,7 @@ class EqualLinear(_Equalized):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"EqualLinear({self.in_features}, {self.out_features}) expects x of "
                              f"shape [*, {self.in_features}], got {shape}")
-        y = torch.nn.functional.linear(x, self.weight * self.scale)
+        y = torch.nn.functional.linear(x, scaled_weight(self, self.scale))
         return self._epilogue(y, -1)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,376 @@
+"""fastgan.nn.utils.spectral_norm against torch.nn.utils.parametrizations.spectral_norm on every
+backend: buffers, outputs and gradients after each training forward, eval mode, several calls
+per step, state dicts both ways, the legacy loader, layers, removal and bad input."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations as P
+from torch.nn.utils import parametrize
+
+import fastgan
+from fastgan.nn import EqualConv2d, EqualLinear, SNConv2d, SNEmbedding, SNLinear
+from fastgan.nn.utils import (fuse_spectral_norm, load_legacy_spectral_norm,
+                              remove_spectral_norm, spectral_norm)
+from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+
+
+def _layer(kind):
+    return {
+        "linear": lambda: nn.Linear(5, 7),
+        "conv2d": lambda: nn.Conv2d(3, 4, 3, padding=1),
+        "conv_transpose2d": lambda: nn.ConvTranspose2d(3, 5, 3),
+        "embedding": lambda: nn.Embedding(10, 6),
+        "equal_conv2d": lambda: EqualConv2d(3, 4, 3, padding=1),
+        "equal_linear": lambda: EqualLinear(6, 3),
+    }[kind]()
+
+
+def _input(kind, device, g):
+    if kind == "embedding":
+        return torch.randint(0, 10, (4, 3), generator=g).to(device)
+    shape = {"linear": (4, 5), "equal_linear": (4, 6)}.get(kind, (2, 3, 5, 5))
+    return torch.randn(shape, generator=g).to(device)
+
+
+def _pair(kind, device, n_iter, seed=0):
+    """(torch's module, fastgan's module): same weights, same u, v (same random draws)."""
+    torch.manual_seed(seed)
+    base = _layer(kind).to(device)
+    theirs, ours = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(seed + 1)
+    P.spectral_norm(theirs, n_power_iterations=n_iter)
+    torch.manual_seed(seed + 1)
+    spectral_norm(ours, n_power_iterations=n_iter)
+    return theirs, ours
+
+
+def _sn(m, name="weight"):
+    return m.parametrizations[name][0]
+
+
+def _check_same(theirs, ours, exact, what):
+    """Buffers, original weight's gradient: bitwise when `exact` (the "ref" backend runs torch's
+    own ops on torch modules), else within fp32's tolerance."""
+    pairs = [(_sn(ours)._u, _sn(theirs)._u, "u"), (_sn(ours)._v, _sn(theirs)._v, "v")]
+    go, gt = ours.parametrizations.weight.original.grad, theirs.parametrizations.weight.original.grad
+    if gt is not None:
+        pairs.append((go, gt, "grad"))
+    for a, b, n in pairs:
+        if exact:
+            assert torch.equal(a, b), f"{what}: {n} differs"
+        else:
+            assert_close(a, b, torch.float32, f"{what}: {n}")
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("n_iter", [1, 3])
+@pytest.mark.parametrize("kind", ["linear", "conv2d", "conv_transpose2d", "embedding",
+                                  "equal_conv2d", "equal_linear"])
+def test_training_forwards_match_torch(device, backend, n_iter, kind):
+    """Five training forwards with an SGD step between them: u, v, outputs and gradients equal
+    after each; then eval mode (u, v frozen, outputs equal)."""
+    theirs, ours = _pair(kind, device, n_iter)
+    exact = backend == "ref" and not kind.startswith("equal")
+    _check_same(theirs, ours, True, "init")
+    opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    for step in range(5):
+        x = _input(kind, device, g)
+        yt = theirs(x)
+        dy = torch.randn(yt.shape, generator=g).to(device)
+        with fastgan.use_backend(backend):
+            yo = ours(x)
+            (yo * dy).sum().backward()
+        (yt * dy).sum().backward()
+        if exact:
+            assert torch.equal(yo, yt), f"step {step}: outputs differ"
+        else:
+            assert_close(yo, yt, torch.float32, f"step {step}: y")
+        _check_same(theirs, ours, exact, f"step {step}")
+        opt_t.step(), opt_o.step(), opt_t.zero_grad(), opt_o.zero_grad()
+    theirs.eval(), ours.eval()
+    u, v = _sn(ours)._u.clone(), _sn(ours)._v.clone()
+    x = _input(kind, device, g)
+    with fastgan.use_backend(backend):
+        yo = ours(x)
+    assert torch.equal(_sn(ours)._u, u) and torch.equal(_sn(ours)._v, v), "eval advanced u, v"
+    assert_close(yo, theirs(x), torch.float32, "eval y")
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_several_forwards_per_step(device, backend):
+    """loss = D(a) - D(b) + D(c): each call advances u, v once, the backward goes through all."""
+    theirs, ours = _pair("conv2d", device, 1)
+    g = torch.Generator().manual_seed(4)
+    xs = [_input("conv2d", device, g) for _ in range(3)]
+    lt = theirs(xs[0]).sum() - theirs(xs[1]).square().sum() + theirs(xs[2]).mean()
+    lt.backward()
+    with fastgan.use_backend(backend):
+        lo = ours(xs[0]).sum() - ours(xs[1]).square().sum() + ours(xs[2]).mean()
+        lo.backward()
+    assert_close(lo, lt, torch.float32, "loss")
+    _check_same(theirs, ours, backend == "ref", "3 calls")
+
+
+def test_state_dict_round_trip_with_torch():
+    theirs, ours = _pair("conv2d", "cpu", 1)
+    assert list(theirs.state_dict()) == list(ours.state_dict())
+    x = _input("conv2d", "cpu", torch.Generator().manual_seed(5))
+    for _ in range(2):
+        theirs(x), ours(x)
+    torch.manual_seed(9)
+    fresh_ours = spectral_norm(nn.Conv2d(3, 4, 3, padding=1))
+    fresh_ours.load_state_dict(theirs.state_dict())
+    fresh_theirs = P.spectral_norm(nn.Conv2d(3, 4, 3, padding=1))
+    fresh_theirs.load_state_dict(ours.state_dict())
+    for a, b in ((fresh_ours, theirs), (fresh_theirs, ours)):
+        for k, t in b.state_dict().items():
+            assert torch.equal(a.state_dict()[k], t), k
+        assert torch.equal(a(x), b(x))
+
+
+def test_legacy_loader():
+    """A state dict of torch.nn.utils.spectral_norm (weight_orig, weight_u, weight_v) loads; eval
+    outputs then equal the legacy module's, and training continues from its u, v."""
+    torch.manual_seed(0)
+    legacy = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.ReLU(),
+                           nn.utils.spectral_norm(nn.ConvTranspose2d(4, 2, 3)))
+    x = torch.randn(2, 3, 6, 6)
+    for _ in range(3):
+        legacy(x)
+    sd = legacy.state_dict()
+    assert "0.weight_orig" in sd and "2.weight_v" in sd
+    ours = nn.Sequential(spectral_norm(nn.Conv2d(3, 4, 3)), nn.ReLU(),
+                         spectral_norm(nn.ConvTranspose2d(4, 2, 3)))
+    load_legacy_spectral_norm(ours, sd)
+    assert torch.equal(_sn(ours[0])._u, sd["0.weight_u"])
+    assert torch.equal(ours[2].parametrizations.weight.original, sd["2.weight_orig"])
+    legacy.eval(), ours.eval()
+    assert_close(ours(x), legacy(x), torch.float32, "eval y")
+    bad = {k: v for k, v in sd.items() if k != "0.weight_v"}
+    with pytest.raises(ValueError, match="0.weight_u and 0.weight_v"):
+        load_legacy_spectral_norm(ours, bad)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_sigma_converges_to_matrix_norm(device, backend):
+    torch.manual_seed(1)
+    m = spectral_norm(nn.Conv2d(4, 6, 3), n_power_iterations=20).to(device)
+    w = m.parametrizations.weight.original.detach()
+    with fastgan.use_backend(backend):
+        for _ in range(5):
+            sigma = _sn(m).sigma(w)
+    exact = torch.linalg.matrix_norm(w.reshape(6, -1).double(), ord=2)
+    assert abs(sigma.item() - exact.item()) <= 1e-5 * exact.item()
+    assert abs(torch.linalg.matrix_norm(m.weight.reshape(6, -1), ord=2).item() - 1) < 1e-5
+
+
+def test_layers_and_remove():
+    torch.manual_seed(2)
+    layers = [SNConv2d(3, 4, 3, n_power_iterations=2), SNLinear(5, 6, bias=False),
+              SNEmbedding(7, 3, eps=1e-6)]
+    assert _sn(layers[0]).n_power_iterations == 2 and _sn(layers[2]).eps == 1e-6
+    assert "parametrizations.weight.0._u" in layers[1].state_dict()
+    assert isinstance(layers[0], nn.Conv2d)
+    for m in layers:
+        m.eval()
+        w = m.weight.detach().clone()
+        remove_spectral_norm(m)
+        assert not parametrize.is_parametrized(m) and isinstance(m.weight, nn.Parameter)
+        assert torch.equal(m.weight, w)
+    with pytest.raises(ValueError, match="no spectral_norm"):
+        remove_spectral_norm(layers[0])
+
+
+def test_dim_defaults_and_1d():
+    assert _sn(spectral_norm(nn.ConvTranspose1d(2, 3, 3))).dim == 1
+    assert _sn(spectral_norm(nn.Conv3d(2, 3, 1))).dim == 0
+    assert _sn(spectral_norm(nn.Linear(2, 3), dim=-1)).dim == 1
+    m = spectral_norm(nn.Linear(3, 4), name="bias")  # 1-D: W / ||W||, as torch
+    b = m.parametrizations.bias.original
+    assert_close(m.bias, b / b.norm(), torch.float32, "1-D")
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="dim"):
+        spectral_norm(nn.Linear(2, 3), dim=2)
+    with pytest.raises(ValueError, match="n_power_iterations"):
+        spectral_norm(nn.Linear(2, 3), n_power_iterations=0)
+    with pytest.raises(ValueError, match="no parameter or buffer named 'kernel'"):
+        spectral_norm(nn.Linear(2, 3), name="kernel")
+    m = nn.Linear(2, 3)
+    m.scalar = nn.Parameter(torch.tensor(2.0))
+    with pytest.raises(ValueError, match="0-d"):
+        spectral_norm(m, name="scalar")
+    with pytest.raises(ValueError, match="already registered"):
+        spectral_norm(spectral_norm(nn.Linear(2, 3)))
+    with pytest.raises(ValueError, match="legacy"):
+        spectral_norm(nn.utils.spectral_norm(nn.Linear(2, 3)))
+    with pytest.raises(ValueError, match="eps"):
+        spectral_norm(nn.Linear(2, 3), eps=-1.0)
+    with pytest.raises(TypeError, match="module"):
+        spectral_norm("linear")
+
+
+class _Many(nn.Module):
+    """Many SN layers (dims 0 and 1, a 1-D one), one used twice per call, one never used."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = spectral_norm(nn.Conv2d(3, 6, 3, padding=1))
+        self.c2 = spectral_norm(nn.Conv2d(6, 6, 3, padding=1), n_power_iterations=2)
+        self.t = spectral_norm(nn.ConvTranspose2d(6, 4, 2, stride=2))
+        self.e = spectral_norm(EqualConv2d(4, 5, 3, padding=1, activation="lrelu"))
+        self.fc = spectral_norm(nn.Linear(5, 1))
+        self.n1 = spectral_norm(nn.Linear(3, 3), name="bias")
+        self.unused = spectral_norm(nn.Linear(4, 4))
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        h = torch.relu(self.c2(h))
+        h = torch.relu(self.c2(h))
+        h = self.e(self.t(h))
+        return self.fc(h.mean((2, 3))) + self.n1.bias.sum()
+
+
+def _torch_twin(model):
+    """The same model with torch's parametrization (same originals and buffers). The
+    parametrization is swapped in place: removing it would edit the class the copies share."""
+    twin = copy.deepcopy(model)
+    for sub in twin.modules():
+        if parametrize.is_parametrized(sub):
+            for name, plist in sub.parametrizations.items():
+                ours = plist[0]
+                theirs = P._SpectralNorm(plist.original, getattr(ours, "n_power_iterations", 1),
+                                         ours.dim, ours.eps)
+                if hasattr(ours, "_u"):
+                    theirs._u.copy_(ours._u), theirs._v.copy_(ours._v)
+                plist[0] = theirs
+    return twin
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_model_path_matches_torch(device, backend):
+    """fuse_spectral_norm: two calls per step for three steps; every buffer, output and gradient
+    as torch's (a layer used twice per call, an unused layer, 1-D and dim-1 weights)."""
+    torch.manual_seed(3)
+    model = _Many().to(device)
+    twin = _torch_twin(model)
+    handle = fuse_spectral_norm(model)
+    g = torch.Generator().manual_seed(6)
+    for step in range(3):
+        x1, x2 = (torch.randn(2, 3, 4, 4, generator=g).to(device) for _ in range(2))
+        lt = twin(x1).sum() - twin(x2).square().sum()
+        lt.backward()
+        with fastgan.use_backend(backend):
+            lo = model(x1).sum() - model(x2).square().sum()
+            lo.backward()
+        assert_close(lo, lt, torch.float32, f"step {step}: loss")
+        for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+            assert_close(a, b, torch.float32, f"step {step}: {n}")
+        for (n, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+            if b.grad is not None:
+                assert_close(a.grad, b.grad, torch.float32, f"step {step}: grad {n}")
+            else:
+                assert a.grad is None, n
+        assert all(m._pending is None for m in model.modules() if hasattr(m, "_pending"))
+    handle.remove()
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
+def test_fused_path_is_one_launch_group(device, backend, monkeypatch):
+    """The model-level path calls the power-iteration op once per call (one dtype), and the
+    layers then run none of their own."""
+    from fastgan.ops import spectral_norm as ops
+
+    torch.manual_seed(4)
+    model = _Many().to(device)
+    fuse_spectral_norm(model)
+    calls = []
+    real = ops._power_iteration_op
+
+    def counting(*args):
+        calls.append(len(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(ops, "_power_iteration_op", counting)
+    with fastgan.use_backend(backend):
+        model(torch.randn(2, 3, 4, 4, device=device))
+    # one group per n_power_iterations (c2 has 2), then c2's second use runs per layer
+    assert sorted(calls) == [1, 1, 5]
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_wgan_gp_discriminator_gradients_match_torch(device, backend):
+    """An SNGAN-style discriminator with fastgan's WGAN-GP penalty: torch's parameter gradients."""
+    from fastgan import penalties
+
+    def disc():
+        return nn.Sequential(
+            spectral_norm(nn.Conv2d(3, 8, 3, padding=1)), nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(8, 8, 4, stride=2, padding=1)), nn.LeakyReLU(0.1),
+            nn.Flatten(), spectral_norm(nn.Linear(8 * 4 * 4, 1)))
+
+    torch.manual_seed(5)
+    ours = disc().double().to(device)
+    twin = _torch_twin(ours)
+    fuse_spectral_norm(ours)
+    g = torch.Generator().manual_seed(7)
+    real, fake = (torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64).to(device)
+                  for _ in range(2))
+    eps = torch.rand(3, generator=g, dtype=torch.float64).to(device)
+    for model, be in ((twin, "ref"), (ours, backend)):
+        with fastgan.use_backend(be):
+            loss = model(fake).mean() - model(real).mean() + penalties.gradient_penalty(
+                model, real, fake, epsilon=eps)
+            loss.backward()
+    for (n, a), (_, b) in zip(ours.named_parameters(), twin.named_parameters()):
+        assert_close(a.grad, b.grad, torch.float64 if backend == "ref" else torch.float32, n)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_autocast_iterates_in_fp32(device, backend):
+    """Under bf16 autocast the power iteration still runs in fp32: u, v equal the fp32 ones."""
+    theirs, ours = _pair("linear", device, 1)
+    x = torch.randn(4, 5, device=device)
+    theirs(x)
+    with fastgan.use_backend(backend), torch.autocast(device, dtype=torch.bfloat16):
+        y = ours(x)
+    assert y.dtype == torch.bfloat16
+    _check_same(theirs, ours, False, "autocast")
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_half_weights(device, backend):
+    """bf16 weights: u, v stay bf16 buffers, the iteration runs in fp32."""
+    theirs, ours = _pair("linear", device, 1)
+    ours.to(torch.bfloat16)
+    x = torch.randn(4, 5, device=device)
+    with fastgan.use_backend(backend):
+        y = ours(x.bfloat16())
+    assert _sn(ours)._u.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    assert_close(y.float(), theirs(x), torch.bfloat16, "bf16 y")
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_compile_fullgraph(device, backend):
+    """torch.compile(fullgraph=True) traces a spectrally normalized model (the per-layer path;
+    the model-level hook stands aside while dynamo traces) and matches torch."""
+    theirs, ours = _pair("conv2d", device, 1)
+    fuse_spectral_norm(ours)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x = _input("conv2d", device, torch.Generator().manual_seed(8))
+    with fastgan.use_backend(backend):
+        for _ in range(2):
+            yo = compiled(x)
+            yo.sum().backward()
+    for _ in range(2):
+        yt = theirs(x)
+        yt.sum().backward()
+    assert_close(yo, yt, torch.float32, "y")
+    _check_same(theirs, ours, False, "compiled")
