@@ -8,3 +8,6 @@ from .ops.grad_penalty import grad_penalty
 
 __all__ = ["minibatch_stddev", "pixel_norm"]
 __all__ += ["bias_act", "conv2d", "conv2d_resample", "conv_transpose2d", "grad_penalty"]
+from .ops.spectral_norm import power_iteration as spectral_norm_power_iteration
+
+__all__ += ["spectral_norm_power_iteration"]

@@ -44,6 +44,7 @@ _BP = 128            # partial sums read per step
 
 def weight_to_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
     """torch's `_reshape_weight_to_matrix`: `dim` first, the other dims flattened in order."""
+    dim %= weight.dim()
     if dim != 0:
         weight = weight.permute(dim, *(d for d in range(weight.dim()) if d != dim))
     return weight.flatten(1)
@@ -51,6 +52,7 @@ def weight_to_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
 
 def matrix_to_weight(mat: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
     """The inverse of `weight_to_matrix` for a weight of `shape`."""
+    dim %= len(shape)
     if dim == 0:
         return mat.reshape(shape)
     rest = [d for d in range(len(shape)) if d != dim]
