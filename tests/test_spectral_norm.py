@@ -134,3 +134,32 @@ def test_bad_input():
         sn.power_iteration([torch.randn(4)], [v], [0])
     with pytest.raises(ValueError, match="one dtype"):
         sn.power_iteration([w, w.double()], [v, v.double()], [0, 0])
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter is lenient about types (pointer casts from a table, runtime loop bounds):
+    compile the three kernels for an H100 (sm_90; Triton ships ptxas, no GPU needed) for every
+    weight dtype and both first-iteration variants. No fp64 math outside the fp64 variant."""
+    from sm90 import compile_sm90, kernel_spec
+
+    mod, specs = "fastgan.ops.spectral_norm", []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        acc = sn.C_.acc_torch_dtype(dtype)
+        const = dict(ELT=sn._ELT[dtype], ACC=sn.C_.acc_dtype(dtype), NMETA=sn._NMETA, BP=sn._BP)
+        tables = dict(meta=torch.int64, blk_layer=torch.int32, blk_index=torch.int32)
+        for first in (True, False):
+            specs.append(kernel_spec(mod, "_rows_kernel", num_warps=4, dtype=dtype, ptrs=dict(
+                tables, vin_ptr=acc, p2_ptr=acc, t_ptr=acc, p1_ptr=acc),
+                args=dict(const, FIRST=first, BR=sn._BR, BJ=sn._BJ)))
+        specs.append(kernel_spec(mod, "_cols_kernel", num_warps=4, dtype=dtype, ptrs=dict(
+            tables, t_ptr=acc, p1_ptr=acc, s_ptr=acc, p2_ptr=acc, u_ptr=acc),
+            args=dict(const, BI=sn._BI, BC=sn._BC)))
+        const.pop("ELT")
+        specs.append(kernel_spec(mod, "_finish_kernel", num_warps=4, dtype=dtype, ptrs=dict(
+            tables, s_ptr=acc, p2_ptr=acc, v_ptr=acc, sigma_ptr=acc),
+            args=dict(const, BC=sn._BC)))
+    assert len(specs) == 16
+    for r in compile_sm90(specs):
+        assert r["ok"], (r["kernel"], r["dtype"], r["error"])
+        if r["dtype"] != torch.float64:
+            assert r["f64"] <= 4, r
