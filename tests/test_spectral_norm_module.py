@@ -374,3 +374,86 @@ def test_compile_fullgraph(device, backend):
         yt.sum().backward()
     assert_close(yo, yt, torch.float32, "y")
     _check_same(theirs, ours, False, "compiled")
+
+
+class _Nested(nn.Module):
+    """Calls itself once from inside its forward: the inner call must not end the outer's."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = spectral_norm(nn.Linear(3, 3))
+        self.b = spectral_norm(nn.Linear(3, 3))
+
+    def forward(self, x, inner=True):
+        h = self.a(x)
+        if inner:
+            h = self(h, inner=False)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_path_nested_call(device, backend):
+    torch.manual_seed(7)
+    model = _Nested().to(device)
+    twin = _torch_twin(model)
+    fuse_spectral_norm(model)
+    x = torch.randn(2, 3, device=device)
+    yt = twin(x)
+    with fastgan.use_backend(backend):
+        yo = model(x)
+    assert_close(yo, yt, torch.float32, "y")
+    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert_close(a, b, torch.float32, n)
+
+
+def _ddp_worker(rank, world, port, backend, queue):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    torch.manual_seed(rank)  # different u, v per rank: DDP must broadcast rank 0's
+    model = nn.Sequential(spectral_norm(nn.Linear(4, 5)), nn.ReLU(),
+                          spectral_norm(nn.Linear(5, 2)))
+    twin = _torch_twin(model) if rank == 0 else None
+    ddp = nn.parallel.DistributedDataParallel(model)
+    fuse_spectral_norm(ddp)
+    if rank == 1:  # diverge after DDP's initial broadcast (v is where the iteration starts)
+        with torch.no_grad():
+            v = model[0].parametrizations.weight[0]._v
+            v.copy_(torch.nn.functional.normalize(torch.randn(v.shape), dim=0))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        with fastgan.use_backend(backend):
+            ddp(x).sum().backward()
+    bufs = torch.cat([b.reshape(-1) for b in model.buffers()])
+    gathered = [torch.empty_like(bufs) for _ in range(world)]
+    dist.all_gather(gathered, bufs)
+    if rank == 0:
+        for _ in range(2):
+            twin(x).sum().backward()
+        want = torch.cat([b.reshape(-1) for b in twin.buffers()])
+        grads = [(p.grad - q.grad).abs().max().item()
+                 for p, q in zip(model.parameters(), twin.parameters())]
+        queue.put(((gathered[1] - gathered[0]).abs().max().item(),
+                   (gathered[0] - want).abs().max().item(), max(grads)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("device,backend", [p for p in DEVICE_BACKENDS if p.values[0] == "cpu"])
+def test_ddp_broadcasts_u_v_from_rank_0(device, backend):
+    """Two gloo processes: rank 1's v differs from rank 0's before the first forward; DDP's buffer
+    broadcast puts rank 0's back before the fused hook runs, so both ranks hold torch's u, v."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_ddp_worker, args=(2, port, backend, queue), nprocs=2,
+                       start_method="spawn")
+    across, vs_torch, grad_err = queue.get()
+    assert across == 0.0
+    assert vs_torch <= 1e-6 and grad_err <= 1e-5

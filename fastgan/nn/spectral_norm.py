@@ -230,7 +230,10 @@ class _FusedPowerIteration:
     """Forward pre-hook + always-called forward hook of the model (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._active: list[SpectralNorm] | None = None
+        # per model object (DataParallel's replicas share this hook and run in threads): the
+        # depth of nested calls, and the layers the outermost call advanced
+        self._depth: dict[int, int] = {}
+        self._active: dict[int, list[SpectralNorm]] = {}
 
     def _layers(self, model: nn.Module):
         found = []
@@ -244,11 +247,12 @@ class _FusedPowerIteration:
         return found
 
     def pre(self, model: nn.Module, args) -> None:
-        if self._active is not None:  # a call nested in the model's own forward
-            return
         if torch.compiler.is_compiling():  # traced: the per-layer path (see the README)
             return
-        self._active = []
+        depth = self._depth[id(model)] = self._depth.get(id(model), 0) + 1
+        if depth > 1:  # a call nested in the outermost one
+            return
+        active = self._active[id(model)] = []
         groups: dict = {}
         for sn, weight in self._layers(model):
             key = (weight.device, weight.dtype, sn.n_power_iterations, sn.eps)
@@ -266,10 +270,16 @@ class _FusedPowerIteration:
             old_u, old_v = old[:len(sns)], old[len(sns):]
             for sn, u, v, s, ou, ov in zip(sns, us, vs, sigmas, old_u, old_v):
                 sn._pending = (u, v, s, ou, ov)
-            self._active.extend(sns)
+            active.extend(sns)
 
     def post(self, model: nn.Module, args, output) -> None:
-        active, self._active = self._active, None
+        if torch.compiler.is_compiling():
+            return
+        depth = self._depth.pop(id(model), 1) - 1
+        if depth > 0:
+            self._depth[id(model)] = depth
+            return
+        active = self._active.pop(id(model), None)
         if not active:
             return
         unused = [sn for sn in active if sn._pending is not None]
@@ -298,10 +308,14 @@ def fuse_spectral_norm(model: nn.Module) -> FusedSpectralNormHandle:
     group at the start of each call of `model` (training mode, triton/cuda backends); results
     equal the per-layer path's.
 
-    Args: model: the module whose forward is one "step" of its layers (e.g. a discriminator).
+    Args: model: the module whose forward is one "step" of its layers (e.g. a discriminator);
+        a DistributedDataParallel / DataParallel wrapper hooks its `.module`, so that the hook
+        runs after the wrapper has broadcast rank 0's buffers.
     Returns: a handle whose `remove()` undoes this."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module  # after the wrapper has broadcast the buffers
     hook = _FusedPowerIteration()
     return FusedSpectralNormHandle([
         model.register_forward_pre_hook(hook.pre),
