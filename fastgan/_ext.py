@@ -64,6 +64,12 @@ SCHEMAS = (
     " float target, bool r1) -> Tensor",
     "grad_penalty_double_backward(Tensor gg, Tensor dp, Tensor? dnorm, Tensor g, Tensor norm,"
     " float weight, float target, bool r1) -> (Tensor, Tensor, Tensor, Tensor)",
+    # spectral_norm: the power iteration of many layers (one dtype); v is the concatenated right
+    # vectors in fp32 (fp64 for fp64 weights); returns the new u and v (concatenated) and the
+    # sigmas [len(weights)], in v's dtype. Kernels in csrc/spectral_norm.cu, binding in
+    # csrc/bind_spectral_norm.cpp.
+    "spectral_norm_forward(Tensor[] weights, Tensor v, int[] dims, int n_power_iterations,"
+    " float eps) -> (Tensor, Tensor, Tensor)",
 )
 
 #: Qualified names of the ops, e.g. "fastgan_cuda::pixel_norm_forward".

@@ -162,7 +162,8 @@ def test_extension_was_built_and_registers_cuda_kernels():
                         "makes one")
         _ext.load()
 
-    assert len(_ext.OPS) == 12  # pixel_norm, minibatch_stddev, bias_act, grad_penalty x 3 passes
+    assert len(_ext.OPS) == 13  # pixel_norm, minibatch_stddev, bias_act, grad_penalty x 3 passes;
+    # spectral_norm_forward
     for name in _ext.OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name
     ok, why = _ext.status()
