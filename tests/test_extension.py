@@ -45,10 +45,11 @@ def _no_compiling(monkeypatch):
 def test_schemas_are_defined_without_the_extension():
     _ext.define_schemas()  # idempotent
     _ext.define_schemas()
-    assert len(_ext.OPS) == len(set(_ext.OPS)) == 12
+    assert len(_ext.OPS) == len(set(_ext.OPS)) == 13
     for op in ("pixel_norm", "minibatch_stddev", "bias_act", "grad_penalty"):
         for suffix in ("forward", "backward", "double_backward"):
             assert f"fastgan_cuda::{op}_{suffix}" in _ext.OPS
+    assert "fastgan_cuda::spectral_norm_forward" in _ext.OPS  # not differentiated: one op
     for name in _ext.OPS:
         schema = torch._C._dispatch_find_schema_or_throw(name, "")
         assert schema is not None
