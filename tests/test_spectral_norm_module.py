@@ -284,21 +284,21 @@ def test_fused_model_path_matches_torch(device, backend):
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
 def test_fused_path_is_one_launch_group(device, backend, monkeypatch):
-    """The model-level path calls the power-iteration op once per call (one dtype), and the
-    layers then run none of their own."""
+    """The model-level path launches the power-iteration kernels once per call of the model
+    (per dtype and n_power_iterations), and the layers then launch none of their own."""
     from fastgan.ops import spectral_norm as ops
 
     torch.manual_seed(4)
     model = _Many().to(device)
     fuse_spectral_norm(model)
     calls = []
-    real = ops._power_iteration_op
+    real = ops._KERNELS[backend]
 
     def counting(*args):
         calls.append(len(args[0]))
         return real(*args)
 
-    monkeypatch.setattr(ops, "_power_iteration_op", counting)
+    monkeypatch.setitem(ops._KERNELS, backend, counting)
     with fastgan.use_backend(backend):
         model(torch.randn(2, 3, 4, 4, device=device))
     # one group per n_power_iterations (c2 has 2), then c2's second use runs per layer

@@ -88,14 +88,14 @@ class SpectralNorm(nn.Module):
         Returns: a 0-d tensor, fp32 for half weights, whose gradient is torch's."""
         pending = self._pending
         if pending is not None and self.training:
-            self._pending = None
+            self.__dict__["_pending"] = None  # nn.Module.__setattr__ costs ~5 us a call
             u, v, sigma = pending[:3]
             return SN.sigma_with_grad(weight, u, v, sigma, self.dim)
         backend = _backend.resolve(weight, "spectral_norm")
         if self.training and backend != "ref":
-            (u,), (v,), (sigma,) = SN.power_iteration([weight], [self._v], [self.dim],
-                                                      self.n_power_iterations, self.eps)
             with torch.no_grad():
+                (u,), (v,), (sigma,) = SN.power_iteration_unchecked(
+                    [weight], [self._v], [self.dim], self.n_power_iterations, self.eps, backend)
                 torch._foreach_copy_([self._u, self._v], [u, v])
             return SN.sigma_with_grad(weight, u, v, sigma, self.dim)
         w_mat = SN.weight_to_matrix(weight, self.dim)
@@ -231,20 +231,30 @@ class _FusedPowerIteration:
 
     def __init__(self) -> None:
         # per model object (DataParallel's replicas share this hook and run in threads): the
-        # depth of nested calls, and the layers the outermost call advanced
+        # depth of nested calls, the layers the outermost call advanced, the layers found
         self._depth: dict[int, int] = {}
         self._active: dict[int, list[SpectralNorm]] = {}
+        self._found: dict[int, list] = {}
 
     def _layers(self, model: nn.Module):
-        found = []
-        for sub in model.modules():
-            if not parametrize.is_parametrized(sub):
-                continue
-            for name, plist in sub.parametrizations.items():
-                sn = _sole_spectral_norm(sub, name)
-                if sn is not None and sn.training and plist.original.ndim > 1:
-                    found.append((sn, plist.original))
-        return found
+        """(SpectralNorm, original weight) of every >= 2-D sole SN parametrization in training
+        mode. The model is scanned on its first call only (a scan costs more than the launch);
+        each call re-checks that those registrations stand. A layer added later is not found
+        and runs the per-layer path: slower, never wrong."""
+        found = self._found.get(id(model))
+        if found is None:
+            found = self._found[id(model)] = [
+                (sub, name, plist, plist[0]) for sub in model.modules()
+                if parametrize.is_parametrized(sub)
+                for name, plist in sub.parametrizations.items()
+                if _sole_spectral_norm(sub, name) is not None and plist.original.ndim > 1]
+        layers = []
+        for sub, name, plist, sn in found:  # plain dict look-ups: this runs every call
+            plists = sub._modules.get("parametrizations")
+            if (sn.training and plists is not None and plists._modules.get(name) is plist
+                    and len(plist._modules) == 1 and plist._modules["0"] is sn):
+                layers.append((sn, plist.original))
+        return layers
 
     def pre(self, model: nn.Module, args) -> None:
         if torch.compiler.is_compiling():  # traced: the per-layer path (see the README)
@@ -258,18 +268,20 @@ class _FusedPowerIteration:
             key = (weight.device, weight.dtype, sn.n_power_iterations, sn.eps)
             groups.setdefault(key, []).append((sn, weight))
         for (_, _, n, eps), layers in groups.items():
-            if _backend.resolve(layers[0][1], "spectral_norm") == "ref":
+            backend = _backend.resolve(layers[0][1], "spectral_norm")
+            if backend == "ref":
                 continue  # CPU: the per-layer path is torch's own ops
             sns = [sn for sn, _ in layers]
             buffers = [sn._u for sn in sns] + [sn._v for sn in sns]
-            us, vs, sigmas = SN.power_iteration([w for _, w in layers], buffers[len(sns):],
-                                                [sn.dim for sn in sns], n, eps)
             with torch.no_grad():
+                us, vs, sigmas = SN.power_iteration_unchecked(
+                    [w for _, w in layers], buffers[len(sns):], [sn.dim for sn in sns], n, eps,
+                    backend)
                 old = torch.cat(buffers).split([b.numel() for b in buffers])  # for unused layers
                 torch._foreach_copy_(buffers, us + vs)
             old_u, old_v = old[:len(sns)], old[len(sns):]
             for sn, u, v, s, ou, ov in zip(sns, us, vs, sigmas, old_u, old_v):
-                sn._pending = (u, v, s, ou, ov)
+                sn.__dict__["_pending"] = (u, v, s, ou, ov)
             active.extend(sns)
 
     def post(self, model: nn.Module, args, output) -> None:
@@ -289,7 +301,7 @@ class _FusedPowerIteration:
                                      [sn._pending[3] for sn in unused]
                                      + [sn._pending[4] for sn in unused])
             for sn in unused:
-                sn._pending = None
+                sn.__dict__["_pending"] = None
 
 
 class FusedSpectralNormHandle:

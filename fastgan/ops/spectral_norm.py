@@ -20,8 +20,8 @@ program that needs them: no atomics, bitwise reproducible. Accumulation and the 
 sigma are fp32 (fp64 for fp64 weights), whatever the weight's dtype.
 
 The op is not differentiated: u, v and sigma's value are constants of the forward, as in torch.
-sigma's gradient, d sigma / d W_mat = u v^T, comes from `fastgan::spectral_norm_sigma`, whose
-backward is written in differentiable torch ops (so it has every higher derivative).
+sigma's gradient, d sigma / d W_mat = u v^T, comes from `sigma_with_grad` (an autograd.Function
+whose backward is written in differentiable torch ops, so it has every higher derivative).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import triton.language as tl
 from .. import _backend
 from . import _common as C_
 
-__all__ = ["power_iteration", "power_iteration_ref", "sigma_with_grad", "weight_to_matrix"]
+__all__ = ["power_iteration", "power_iteration_ref", "power_iteration_unchecked", "sigma_with_grad",
+           "weight_to_matrix"]
 
 _NMETA = 10  # w_ptr, O, H, I, u_off, v_off, p1_off, n_row_blocks, p2_off, n_col_blocks
 _BR, _BJ = 16, 128   # _rows_kernel tile: rows x columns
@@ -275,30 +276,22 @@ def _(weights, v, dims, n_power_iterations, eps, backend):
     return v.new_empty(n_u), v.new_empty(v.shape), v.new_empty(len(weights))
 
 
-@torch.library.custom_op("fastgan::spectral_norm_sigma", mutates_args=())
-def _sigma_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
-              dim: int) -> torch.Tensor:
-    return sigma.clone()
+class _Sigma(torch.autograd.Function):
+    """sigma's value from the kernel, torch's gradient u v^T. An autograd.Function rather than a
+    custom op: it runs no kernel, and a Function costs ~6 us of Python per call against ~27 us
+    (NOTES.md), paid per layer and forward. Its backward is plain torch ops: differentiable."""
 
+    @staticmethod
+    def forward(ctx, weight, u, v, sigma, dim):
+        ctx.save_for_backward(u, v)
+        ctx.shape, ctx.dtype, ctx.dim = weight.shape, weight.dtype, dim
+        return sigma.clone()
 
-@_sigma_op.register_fake
-def _(weight, u, v, sigma, dim):
-    return torch.empty_like(sigma)
-
-
-def _sigma_setup(ctx, inputs, output):
-    weight, u, v, _, dim = inputs
-    ctx.save_for_backward(u, v)
-    ctx.shape, ctx.dtype, ctx.dim = weight.shape, weight.dtype, dim
-
-
-def _sigma_vjp(ctx, grad):
-    u, v = ctx.saved_tensors
-    g_w = matrix_to_weight(grad * torch.outer(u, v), ctx.shape, ctx.dim).to(ctx.dtype)
-    return g_w, None, None, None, None
-
-
-_sigma_op.register_autograd(_sigma_vjp, setup_context=_sigma_setup)
+    @staticmethod
+    def backward(ctx, grad):
+        u, v = ctx.saved_tensors
+        g_w = matrix_to_weight(grad * torch.outer(u, v), ctx.shape, ctx.dim).to(ctx.dtype)
+        return g_w, None, None, None, None
 
 
 def sigma_with_grad(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
@@ -309,7 +302,7 @@ def sigma_with_grad(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigm
     Args: weight: the weight W; u [H], v [K]: the vectors sigma was computed with; sigma: 0-d;
         dim: the normalized dim of W.
     Returns: a 0-d tensor equal to sigma whose gradient flows to `weight`."""
-    return _sigma_op(weight, u, v, sigma, dim)
+    return _Sigma.apply(weight, u, v, sigma, dim)
 
 
 def _check(weights, vs, dims, n_power_iterations, eps) -> None:
@@ -350,9 +343,20 @@ def power_iteration(weights: list[torch.Tensor], vs: list[torch.Tensor], dims: l
     with torch.no_grad():
         if backend == "ref":
             return power_iteration_ref(weights, vs, dims, n_power_iterations, eps)
-        acc = C_.acc_torch_dtype(weights[0].dtype)
-        v = torch.cat([x.detach().to(acc).reshape(-1) for x in vs])
-        u, v, sigma = _power_iteration_op([w.detach() for w in weights], v, dims,
-                                          n_power_iterations, float(eps), backend)
+        return power_iteration_unchecked(weights, vs, dims, n_power_iterations, eps, backend)
+
+
+def power_iteration_unchecked(weights, vs, dims, n_power_iterations, eps, backend):
+    """`power_iteration` on the "triton" / "cuda" backend without its input checks (for
+    fastgan.nn, whose registration checked them; vs 1-D, dims >= 0; call under no_grad). Eager calls
+    run the kernels directly (the custom op's dispatch costs ~60 us of Python per call); a
+    traced call goes through the op, which dynamo sees as one opaque node."""
+    acc = C_.acc_torch_dtype(weights[0].dtype)
+    v = torch.cat([x if x.dtype == acc else x.to(acc) for x in vs])
+    if torch.compiler.is_compiling():
+        u, v, sigma = _power_iteration_op(weights, v, dims, n_power_iterations, float(eps),
+                                          backend)
+    else:
+        u, v, sigma = _KERNELS[backend](weights, v, dims, n_power_iterations, float(eps))
     hs = [w.shape[d] for w, d in zip(weights, dims)]
     return list(u.split(hs)), list(v.split([x.numel() for x in vs])), list(sigma.unbind())
