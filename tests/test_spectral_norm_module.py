@@ -457,3 +457,30 @@ def test_ddp_broadcasts_u_v_from_rank_0(device, backend):
     across, vs_torch, grad_err = queue.get()
     assert across == 0.0
     assert vs_torch <= 1e-6 and grad_err <= 1e-5
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_path_after_layers_change(device, backend):
+    """The hook scans the model once: a layer added later runs its own update, a removed one is
+    skipped; results stay torch's."""
+    torch.manual_seed(8)
+    model = nn.Sequential(spectral_norm(nn.Linear(3, 4)), spectral_norm(nn.Linear(4, 4))).to(device)
+    twin = _torch_twin(model)
+    fuse_spectral_norm(model)
+    x = torch.randn(2, 3, device=device)
+    with fastgan.use_backend(backend):
+        model(x)
+    twin(x)
+    torch.manual_seed(9)
+    model.append(spectral_norm(nn.Linear(4, 2)).to(device))
+    twin.append(_torch_twin(model[2:])[0])
+    model[1].eval()
+    remove_spectral_norm(model[1])
+    twin[1] = copy.deepcopy(model[1])  # (removing from the twin too would edit the shared class)
+    for _ in range(2):
+        with fastgan.use_backend(backend):
+            yo = model(x)
+        yt = twin(x)
+        assert_close(yo, yt, torch.float32, "y")
+    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert_close(a, b, torch.float32, n)

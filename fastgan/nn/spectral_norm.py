@@ -19,6 +19,8 @@ torch's semantics. Eval mode never advances u, v.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,10 +107,8 @@ class SpectralNorm(nn.Module):
         u = self._u.clone(memory_format=torch.contiguous_format)
         v = self._v.clone(memory_format=torch.contiguous_format)
         acc = C_.acc_torch_dtype(weight.dtype)
-        if acc != weight.dtype:
-            with torch.autocast(weight.device.type, enabled=False):
-                return torch.vdot(u.to(acc), torch.mv(w_mat.to(acc), v.to(acc)))
-        return torch.vdot(u, torch.mv(w_mat, v))
+        with torch.autocast(weight.device.type, enabled=False):  # sigma in fp32 under autocast
+            return torch.vdot(u.to(acc), torch.mv(w_mat.to(acc), v.to(acc)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
@@ -229,25 +229,30 @@ def load_legacy_spectral_norm(module: nn.Module, state_dict: dict, strict: bool 
 class _FusedPowerIteration:
     """Forward pre-hook + always-called forward hook of the model (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: nn.Module) -> None:
         # per model object (DataParallel's replicas share this hook and run in threads): the
-        # depth of nested calls, the layers the outermost call advanced, the layers found
+        # depth of nested calls and the layers the outermost call advanced, both dropped when
+        # the call ends; the layers found, kept for the hooked model only (replicas are new
+        # objects at every call)
         self._depth: dict[int, int] = {}
         self._active: dict[int, list[SpectralNorm]] = {}
-        self._found: dict[int, list] = {}
+        self._root = weakref.ref(root)
+        self._found: list | None = None
 
     def _layers(self, model: nn.Module):
         """(SpectralNorm, original weight) of every >= 2-D sole SN parametrization in training
         mode. The model is scanned on its first call only (a scan costs more than the launch);
         each call re-checks that those registrations stand. A layer added later is not found
         and runs the per-layer path: slower, never wrong."""
-        found = self._found.get(id(model))
+        root = model is self._root()
+        found = self._found if root else None
         if found is None:
-            found = self._found[id(model)] = [
-                (sub, name, plist, plist[0]) for sub in model.modules()
-                if parametrize.is_parametrized(sub)
-                for name, plist in sub.parametrizations.items()
-                if _sole_spectral_norm(sub, name) is not None and plist.original.ndim > 1]
+            found = [(sub, name, plist, plist[0]) for sub in model.modules()
+                     if parametrize.is_parametrized(sub)
+                     for name, plist in sub.parametrizations.items()
+                     if _sole_spectral_norm(sub, name) is not None and plist.original.ndim > 1]
+            if root:
+                self._found = found
         layers = []
         for sub, name, plist, sn in found:  # plain dict look-ups: this runs every call
             plists = sub._modules.get("parametrizations")
@@ -328,7 +333,7 @@ def fuse_spectral_norm(model: nn.Module) -> FusedSpectralNormHandle:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module  # after the wrapper has broadcast the buffers
-    hook = _FusedPowerIteration()
+    hook = _FusedPowerIteration(model)
     return FusedSpectralNormHandle([
         model.register_forward_pre_hook(hook.pre),
         model.register_forward_hook(hook.post, always_call=True),
