@@ -26,7 +26,7 @@ def _act(y, m):
 
 
 def conv_formula(m: EqualConv2d, x, weight=None, bias=None):
-    """DESIGN.md's EqualConv2d, op by op: scale, (upsample), conv, (pool), bias, act, gain."""
+    """docs/math.md's EqualConv2d, op by op: scale, (upsample), conv, (pool), bias, act, gain."""
     weight = m.weight if weight is None else weight
     bias = m.bias if bias is None else bias
     fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
