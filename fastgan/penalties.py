@@ -38,8 +38,8 @@ Not detected, because detecting them would cost a host sync on every call: a dis
 that produces NaN or inf gives a NaN/inf penalty (check `torch.isfinite(loss)` yourself where a
 sync is acceptable, e.g. every few hundred steps), and a discriminator whose input gradient is
 genuinely zero while the graph is intact (e.g. a ReLU critic with every unit inactive) gives
-the constant penalty `weight` (`target**2 * weight / target**2`) for WGAN-GP and 0 for R1, whose
-gradient w.r.t. D's parameters is zero.
+the constant penalty weight * (0 - target)^2 / target^2 = `weight` for WGAN-GP and 0 for R1,
+whose gradient w.r.t. D's parameters is zero.
 
 DistributedDataParallel. Call the penalty with the DDP module: the penalty pass runs the wrapped
 module directly when it is compiled (DDP(torch.compile(D))), else through DDP. Parameter
@@ -370,6 +370,7 @@ def r2_penalty(discriminator, fake: torch.Tensor, *, gamma: float = 10.0,
     Returns:
         As `r1_penalty`.
     """
+    _check_images(fake, "fake")
     return r1_penalty(discriminator, fake, gamma=gamma, reduction=reduction,
                       return_scores=return_scores)
 

@@ -42,6 +42,7 @@ PENALTY_CASES = [
     (lambda D, r, f: P.gradient_penalty(D, r, f, weight=math.nan), ValueError, "weight must be finite"),
     (lambda D, r, f: P.r1_penalty(D, r, gamma=-10), ValueError, "gamma must be >= 0"),
     (lambda D, r, f: P.r2_penalty(D, f, gamma=-1.0), ValueError, "gamma must be >= 0"),
+    (lambda D, r, f: P.r2_penalty(D, f.long()), TypeError, "fake must be a floating-point"),
     (lambda D, r, f: P.gradient_penalty(None, r, f), TypeError, "discriminator must be callable"),
     (lambda D, r, f: P.r1_penalty("D", r), TypeError, "discriminator must be callable"),
     (lambda D, r, f: P.gradient_penalty(D, r, f, epsilon=2.0), ValueError, "epsilon must be <= 1"),
