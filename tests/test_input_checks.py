@@ -39,7 +39,8 @@ def _recon():
 
 PENALTY_CASES = [
     (lambda D, r, f: P.gradient_penalty(D, r, f, weight=-10), ValueError, "weight must be >= 0"),
-    (lambda D, r, f: P.gradient_penalty(D, r, f, weight=math.nan), ValueError, "weight must be finite"),
+    (lambda D, r, f: P.gradient_penalty(D, r, f, weight=math.nan), ValueError,
+     "weight must be finite"),
     (lambda D, r, f: P.r1_penalty(D, r, gamma=-10), ValueError, "gamma must be >= 0"),
     (lambda D, r, f: P.r2_penalty(D, f, gamma=-1.0), ValueError, "gamma must be >= 0"),
     (lambda D, r, f: P.r2_penalty(D, f.long()), TypeError, "fake must be a floating-point"),
@@ -172,7 +173,8 @@ def test_lazy_regularization_arguments():
     (lambda: EqualLinear(3, 4, bias_init=math.nan), ValueError, "bias_init must be finite"),
     (lambda: EqualLinear(3, 4, lr_mul=-0.01), ValueError, "lr_mul must be > 0"),
     (lambda: FusedLeakyReLU(3, scale="2"), TypeError, "scale must be a real number"),
-    (lambda: FusedLeakyReLU(3, negative_slope=math.inf), ValueError, "negative_slope must be finite"),
+    (lambda: FusedLeakyReLU(3, negative_slope=math.inf), ValueError,
+     "negative_slope must be finite"),
 ])
 def test_layer_arguments_checked_at_construction(make, exc, words):
     with pytest.raises(exc, match=words):
@@ -200,7 +202,8 @@ def test_integer_input_is_a_type_error_naming_x(layer, shape):
 ])
 def test_input_dtype_must_match_weight_outside_autocast(layer, shape, name):
     m = layer()
-    with pytest.raises(TypeError, match=name + " has a torch.float32 weight, got x of torch.float64"):
+    with pytest.raises(TypeError, match=name + " has a torch.float32 weight, got x of "
+                                               "torch.float64"):
         m(torch.randn(shape, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts both: allowed
         assert m(torch.randn(shape)).dtype == torch.bfloat16
@@ -209,7 +212,8 @@ def test_input_dtype_must_match_weight_outside_autocast(layer, shape, name):
 
 def test_input_device_must_match_weight():
     m = EqualLinear(16, 4)
-    with pytest.raises(ValueError, match=r"EqualLinear\(16, 4\) has its weight on cpu, got x on meta"):
+    with pytest.raises(ValueError,
+                       match=r"EqualLinear\(16, 4\) has its weight on cpu, got x on meta"):
         m(torch.empty(2, 16, device="meta"))
 
 
