@@ -12,7 +12,7 @@ Two timings per row, both honest about the asynchronous GPU:
     with a timer that calls torch.cuda.synchronize() before reading perf_counter, over rounds of
     K back-to-back calls (launch overhead counts; one sync is spread over K calls; L2 warm).
   * extra_info["ms"] is the median of per-call CUDA-event times with the L2 cache flushed before
-    each call (the `triton.testing.do_bench` method BASELINES.md used); extra_info["gbps"] is
+    each call (the `triton.testing.do_bench` method docs/baselines.md used); extra_info["gbps"] is
     extra_info["min_bytes"] / that time. scripts/gpu_check.py reports these.
 Before timing, every non-eager provider's output (and gradients) is compared with eager's on
 the same inputs; a mismatch fails that benchmark, and the numbers are still recorded.

@@ -26,7 +26,7 @@ one step, weights and inputs included), the relative error ||grad - grad64|| / |
 concatenated parameter gradients and of the loss against an fp64 eager run on the same weights
 (TF32 mode as the process has it: recorded in "tf32"), and what happened ("status"/"reason").
 A fastgan provider fails when its gradient error exceeds 10x eager's (and 1e-2): the error itself
-is the thing to read, since TF32 and bf16 make every path approximate (BASELINES.md).
+is the thing to read, since TF32 and bf16 make every path approximate (docs/baselines.md).
 
 On CPU only "eager" runs, at the tiny resolution, timed with perf_counter by pytest-benchmark;
 every other provider is skipped with the reason (timed on a GPU only), and the module's summary

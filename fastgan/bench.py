@@ -16,7 +16,7 @@ a mismatch is reported, never hidden.
 
 Timing (`measure`): on a GPU, every call is bracketed by CUDA events, the L2 cache is flushed
 (a 256 MiB buffer is zeroed) before each call, and the median over the repeats is reported; this is
-the method of `triton.testing.do_bench`, used for BASELINES.md. On CPU, `time.perf_counter` around
+the method of `triton.testing.do_bench`, used for docs/baselines.md. On CPU, `time.perf_counter` around
 each call, median of the repeats. Warm-up calls (which also trigger any compilation) come first.
 
 Minimum bytes moved (GB/s = those bytes / median time; 1 GB = 1e9 bytes), with |t| the size

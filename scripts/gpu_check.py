@@ -445,7 +445,7 @@ def write_report(path: Path, *, args, env: dict, git: dict, steps: list[Step], t
         timers = sorted({r.get("timer", "") for r in records if "ms" in r})
         if all(t.startswith("cuda-events") for t in timers):
             how = ("median time per call over CUDA events, the L2 cache flushed before each call "
-                   "(the `triton.testing.do_bench` method used in BASELINES.md)")
+                   "(the `triton.testing.do_bench` method used in docs/baselines.md)")
         else:
             how = f"median time per call ({', '.join(timers)}; no GPU: indicative only)"
         L.append(

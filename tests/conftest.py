@@ -29,7 +29,7 @@ DEVICE_BACKENDS = [pytest.param(d, b, id=f"{d}-{b}") for d, b in _CPU_CASES] + _
 KERNEL_DEVICE_BACKENDS = [pytest.param(d, b, id=f"{d}-{b}") for d, b in _CPU_CASES
                           if b != "ref"] + _GPU_CASES
 
-# Relative tolerances against the reference (DESIGN.md): fp32 1e-5, fp16/bf16 1e-2.
+# Relative tolerances against the reference (docs/testing.md): fp32 1e-5, fp16/bf16 1e-2.
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
@@ -52,7 +52,7 @@ def _fresh_backend():
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """Second-order paths are compared with TF32 off (BASELINES.md: TF32 costs ~1% already)."""
+    """Second-order paths are compared with TF32 off (docs/baselines.md: TF32 costs ~1% already)."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield

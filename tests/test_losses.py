@@ -1,4 +1,4 @@
-"""fastgan.losses against the formulas of REFERENCES.md, written out independently."""
+"""fastgan.losses against the formulas of docs/math.md, written out independently."""
 
 import math
 

@@ -9,7 +9,7 @@ images for the first conv. A leaky ReLU, a bias add, a zero fill or a cast of a 
 unfused pass over memory: exactly what the fused path exists to remove.
 
 What is kept: the bytes of the tensors autograd has saved and still holds when the D step's loss
-is complete, just before its backward, which is where the step's memory peaks (BASELINES.md: the
+is complete, just before its backward, which is where the step's memory peaks (docs/baselines.md: the
 eager step peaks at 11175 MiB at 256x256 fp32, where this count gives 10699 MiB). Counted by
 scripts/step_traffic.py under FakeTensorMode at the benchmark's real size (256x256, batch 16,
 official widths) without allocating it.
