@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import load_script
+from helpers import load_script
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "scripts"
 
