@@ -58,11 +58,13 @@ def load_script(name: str):
     Args:
         name: the file name in scripts/, without ".py".
     Returns:
-        the loaded module. scripts/ goes on sys.path first, so that a script imports its
-        sibling modules by name, as when it is run."""
+        the loaded module, also in sys.modules under `name` (dataclasses look their module up
+        there). scripts/ goes on sys.path first, so that a script imports its sibling modules
+        by name, as when it is run."""
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
