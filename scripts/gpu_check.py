@@ -51,6 +51,7 @@ Exit status: 0 every stage passed (or was skipped by an option); 1 a stage faile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -83,7 +84,9 @@ class Stage:
     key: short name (logs, report); title: what it shows; kind: "build", "tests" or "bench"
     (how its command is made, which --skip-* option skips it); args: what follows
     `python -m fastgan.build` or `python -m pytest`; min_s: the least time worth starting it;
-    max_s: its timeout at most (None: whatever is left); env: extra environment variables."""
+    max_s: its timeout at most (None: whatever is left); env: extra environment variables;
+    shards: test stages only, how many pytest processes run its test files side by side (a
+    fresh machine compiles every Triton kernel variant on first use, one process at a time)."""
 
     key: str
     title: str
@@ -92,12 +95,14 @@ class Stage:
     min_s: float = 30.0
     max_s: float | None = None
     env: tuple[tuple[str, str], ...] = ()
+    shards: int = 1
 
 
 def tests(key: str, title: str, *args: str, min_s: float = 30.0, max_s: float | None = None,
-          env: tuple[tuple[str, str], ...] = ()) -> Stage:
-    """Args: key, title, pytest arguments, time bounds, extra environment. Returns: a test Stage."""
-    return Stage(key, title, "tests", args, min_s, max_s, env)
+          env: tuple[tuple[str, str], ...] = (), shards: int = 1) -> Stage:
+    """Args: key, title, pytest arguments, time bounds, extra environment, parallel processes.
+    Returns: a test Stage."""
+    return Stage(key, title, "tests", args, min_s, max_s, env, shards)
 
 
 def bench(key: str, title: str, *args: str, min_s: float = 30.0,
@@ -113,14 +118,15 @@ OP_BENCHMARKS = tuple(f"benchmarks/test_bench_{op}.py" for op in
 STAGES: tuple[Stage, ...] = (
     Stage("build", "build the CUDA extension", "build", (), min_s=30, max_s=240),
     tests("gpu-tests", "GPU correctness: every op, both kernel backends, against the reference",
-          "tests", "-m", "cuda", min_s=60, max_s=180, env=(("CUDA_LAUNCH_BLOCKING", "1"),)),
+          "tests", "-m", "cuda", min_s=60, max_s=180, env=(("CUDA_LAUNCH_BLOCKING", "1"),),
+          shards=4),
     bench("penalty", "ProGAN D step with WGAN-GP, 256 px, fp32 and bf16",
           "benchmarks/test_bench_penalty.py", "--fastgan-quick", min_s=60, max_s=150),
     bench("ops", "op benchmarks, largest ProGAN shape per op",
           *OP_BENCHMARKS, "--fastgan-largest", min_s=45, max_s=100),
     bench("layers", "equalized-lr layers, quick shapes",
           "benchmarks/test_bench_layers.py", "--fastgan-quick", min_s=45),
-    tests("other-tests", "the rest of the suite", "tests", "-m", "not cuda", min_s=45),
+    tests("other-tests", "the rest of the suite", "tests", "-m", "not cuda", min_s=45, shards=4),
 )
 
 SKIP_OPTIONS = {"build": "--skip-build", "tests": "--skip-tests", "bench": "--skip-bench"}
@@ -202,6 +208,29 @@ def stage_command(stage: Stage, ctx: Context) -> list[str]:
     return cmd
 
 
+def shard_commands(stage: Stage, ctx: Context) -> list[list[str]]:
+    """The processes that run a stage: its command, or for a test stage with shards > 1, one
+    command per shard, each with the stage's options and a share of its test files.
+
+    Args:
+        stage, ctx: the Stage and the run's Context.
+    Returns:
+        the command lines. The test files under the stage's paths are dealt largest first, each
+        to the shard with the fewest bytes of test code so far."""
+    if stage.kind != "tests" or stage.shards <= 1:
+        return [stage_command(stage, ctx)]
+    paths = [a for a in stage.args if not a.startswith("-") and (ROOT / a).exists()]
+    options = [a for a in stage.args if a not in paths]
+    files = sorted({f for a in paths for f in ([ROOT / a] if (ROOT / a).is_file()
+                                                else (ROOT / a).glob("test_*.py"))},
+                   key=lambda f: (-f.stat().st_size, f.name))
+    shards: list[list[Path]] = [[] for _ in range(min(stage.shards, len(files)))]
+    for f in files:
+        min(shards, key=lambda group: sum(g.stat().st_size for g in group)).append(f)
+    return [stage_command(Stage(stage.key, stage.title, stage.kind, (
+        *(str(f.relative_to(ROOT)) for f in sorted(group)), *options)), ctx) for group in shards]
+
+
 def stage_env(stage: Stage, ctx: Context) -> dict[str, str]:
     """Args: a Stage and the run's Context. Returns: the stage's environment (benchmarks never
     run with TRITON_INTERPRET: the interpreter is never timed)."""
@@ -211,6 +240,14 @@ def stage_env(stage: Stage, ctx: Context) -> dict[str, str]:
     if stage.kind == "bench":
         env.pop("TRITON_INTERPRET", None)
     return env
+
+
+def describe(stage: Stage, ctx: Context) -> str:
+    """Args: a Stage and the Context. Returns: its command as a shell line, and in how many
+    processes it runs when it is sharded."""
+    n = len(shard_commands(stage, ctx))
+    return shown_command(stage_command(stage, ctx), ctx) + (
+        f"  (as {n} processes side by side, by test file)" if n > 1 else "")
 
 
 def shown_command(cmd: list[str], ctx: Context) -> str:
@@ -223,28 +260,51 @@ def shown_command(cmd: list[str], ctx: Context) -> str:
 # ---------------------------------------------------------------------------------------------
 # running
 
-def run_subprocess(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[str, int | None, str]:
-    """Run `cmd` in ROOT, in its own process group, for at most `timeout` seconds.
+def run_processes(cmds: list[list[str]], env: dict[str, str],
+                  timeout: float) -> tuple[str, int | None, str]:
+    """Run the commands side by side in ROOT, each in its own process group, for at most
+    `timeout` seconds in all.
 
     Args:
-        cmd: the command line; env: its environment; timeout: seconds.
+        cmds: the command lines; env: their environment; timeout: seconds.
     Returns:
-        (status, rc, output): status "passed" (rc 0), "failed" or "cut" (killed at the timeout,
-        rc None); output is stdout and stderr together."""
-    with tempfile.TemporaryFile(mode="w+") as out:
-        try:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True)
-        except OSError as err:
-            return "failed", None, f"could not start: {err}"
-        try:
-            rc = proc.wait(timeout=timeout)
-            status = "passed" if rc == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            rc, status = None, "cut"
-            _kill_group(proc)
-        out.seek(0)
-        return status, rc, out.read()
+        (status, rc, output): status "passed" (every rc 0, or pytest's 5, "no tests collected",
+        beside a 0), "failed" (rc: the first other), or "cut" (still running at the timeout:
+        killed, rc None); output: stdout and stderr of each, one after the other."""
+    deadline = time.monotonic() + timeout
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in cmds]
+        procs: list[subprocess.Popen | None] = []
+        for cmd, out in zip(cmds, outs):
+            try:
+                procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT, text=True,
+                                              start_new_session=True))
+            except OSError as err:
+                out.write(f"could not start: {err}\n")
+                procs.append(None)
+        rcs: list[int | None] = []
+        for proc in procs:
+            if proc is None:
+                rcs.append(-1)
+                continue
+            try:
+                rcs.append(proc.wait(timeout=max(deadline - time.monotonic(), 0.01)))
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                rcs.append(None)
+        texts = []
+        for cmd, out, rc in zip(cmds, outs, rcs):
+            out.seek(0)
+            head = f"--- {' '.join(cmd)} (rc {rc})\n" if len(cmds) > 1 else ""
+            texts.append(head + out.read())
+    output = "\n".join(texts)
+    if None in rcs:
+        return "cut", None, output
+    bad = [rc for rc in rcs if rc not in (0, 5)]
+    if bad:
+        return "failed", bad[0], output
+    return "passed", (0 if 0 in rcs else 5), output
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -267,15 +327,15 @@ def run_stage(stage: Stage, timeout: float, ctx: Context, log) -> tuple[str, int
     Args:
         stage, ctx: what to run and where; timeout: seconds; log: an open text file.
     Returns:
-        (status, rc, output) as `run_subprocess`; pytest's "no tests collected" (rc 5) is
+        (status, rc, output) as `run_processes`; pytest's "no tests collected" (rc 5) is
         status "no tests"."""
-    cmd = stage_command(stage, ctx)
-    print(f"[gpu_check] {stage.key}: {shown_command(cmd, ctx)}  (timeout {timeout:.0f} s)",
-          flush=True)
-    status, rc, output = run_subprocess(cmd, stage_env(stage, ctx), timeout)
+    cmds = shard_commands(stage, ctx)
+    shown = describe(stage, ctx)
+    print(f"[gpu_check] {stage.key}: {shown}  (timeout {timeout:.0f} s)", flush=True)
+    status, rc, output = run_processes(cmds, stage_env(stage, ctx), timeout)
     if rc == 5 and stage.kind != "build":
         status = "no tests"
-    log.write(f"\n{'=' * 100}\n== {stage.key}: {shown_command(cmd, ctx)}\n== status {status}, "
+    log.write(f"\n{'=' * 100}\n== {stage.key}: {shown}\n== status {status}, "
               f"rc {rc}\n{'=' * 100}\n{output}\n")
     log.flush()
     return status, rc, output
@@ -389,8 +449,7 @@ def _print_plan(args, ctx: Context, skipped: dict[str, str]) -> None:
         bounds = f"needs >= {s.min_s:.0f} s, timeout " + (
             f"<= {s.max_s:.0f} s" if s.max_s is not None else "what is left")
         state = f"skipped ({skipped[s.key]})" if s.key in skipped else bounds
-        print(f"  {i}. {s.key}: {s.title} [{state}]\n"
-              f"     {shown_command(stage_command(s, ctx), ctx)}")
+        print(f"  {i}. {s.key}: {s.title} [{state}]\n     {describe(s, ctx)}")
     print(f"  report: {ctx.report} (+ .json, .records.jsonl, .log), rewritten after every stage")
 
 
@@ -447,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 merge_bench_json(ctx.stage_json(stage), ctx.bench_json)
             return result
 
-        commands = {s.key: shown_command(stage_command(s, ctx), ctx) for s in STAGES}
+        commands = {s.key: describe(s, ctx) for s in STAGES}
 
         def report(runs: list[StageRun]) -> None:
             write_report(ctx, runs, commands=commands, env=info, git=git, started=started,

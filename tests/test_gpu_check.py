@@ -235,21 +235,39 @@ def _alive(pid):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_run_subprocess_cuts_the_whole_process_group(tmp_path):
+def test_run_processes_cuts_the_whole_process_group(tmp_path):
     pid_file = tmp_path / "child.pid"
     code = ("import subprocess, sys, time; "
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     t0 = time.monotonic()
-    status, rc, _ = gc.run_subprocess([sys.executable, "-c", code], dict(os.environ), timeout=2)
+    quick = [sys.executable, "-c", "print('done')"]
+    status, rc, output = gc.run_processes([quick, [sys.executable, "-c", code]], dict(os.environ),
+                                          timeout=2)
     assert (status, rc) == ("cut", None)
     assert time.monotonic() - t0 < 20
+    assert "done" in output  # the shard that finished keeps its output
     child = int(pid_file.read_text())
     for _ in range(50):  # the grandchild went with its group (gone, or a zombie until reaped)
         if not _alive(child):
             break
         time.sleep(0.1)
     assert not _alive(child)
-    status, rc, output = gc.run_subprocess(
-        [sys.executable, "-c", "import sys; print('hi'); sys.exit(3)"], dict(os.environ), 30)
+    status, rc, output = gc.run_processes(
+        [[sys.executable, "-c", "import sys; print('hi'); sys.exit(3)"]], dict(os.environ), 30)
     assert (status, rc, output.strip()) == ("failed", 3, "hi")
+    no_tests = [sys.executable, "-c", "import sys; sys.exit(5)"]  # pytest: nothing collected
+    assert gc.run_processes([no_tests, quick], dict(os.environ), 30)[:2] == ("passed", 0)
+    assert gc.run_processes([no_tests], dict(os.environ), 30)[:2] == ("passed", 5)
+
+
+def test_a_sharded_test_stage_runs_every_test_file_once():
+    ctx = gc.Context(gc.ROOT / "out", "stem", gc.ROOT / "tmp")
+    stage = next(s for s in gc.STAGES if s.key == "gpu-tests")
+    cmds = gc.shard_commands(stage, ctx)
+    assert len(cmds) == stage.shards > 1
+    files = [a for cmd in cmds for a in cmd if a.startswith("tests/")]
+    assert sorted(files) == sorted(f"tests/{f.name}" for f in (gc.ROOT / "tests").glob("test_*.py"))
+    for cmd in cmds:
+        assert cmd[cmd.index("-m", 3):][:2] == ["-m", "cuda"] and "gpu_check_testlog" in cmd
+    assert "(as 4 processes side by side, by test file)" in gc.describe(stage, ctx)
