@@ -6,7 +6,9 @@ inside one time budget that fits a single call of a short GPU lease.
                                 [--skip-build] [--skip-tests] [--skip-bench] [--dry-run]
                                 [--allow-cpu]
 
-Stages, in priority order (the table STAGES below), each one a subprocess:
+Stages, in priority order (the table STAGES below), one after the other, each a subprocess (the
+test stages: 4 pytest processes side by side, their test files dealt among them; a fresh machine
+compiles every Triton kernel variant on first use). Benchmarks always run alone.
   build        python -m fastgan.build: the CUDA extension, into the cache
   gpu-tests    pytest tests -m cuda: every op on both kernel backends (triton, cuda) against the
                reference on the GPU, fp64 gradcheck/gradgradcheck included, second-order paths
@@ -16,20 +18,22 @@ Stages, in priority order (the table STAGES below), each one a subprocess:
                gradient error against fp64
   ops          the op benchmarks (pixel_norm, minibatch_stddev, bias_act, grad_penalty) at their
                largest ProGAN shape (--fastgan-largest)
-  layers       benchmarks/test_bench_layers.py --fastgan-quick
+  layers       benchmarks/test_bench_layers.py --fastgan-quick: equalized-lr layers
   other-tests  pytest tests -m "not cuda": the rest of the suite (CI runs it on every change;
                here it only checks the GPU machine's stack, so it comes last)
 
 Budget: --budget seconds (default 480) from the start of the command, the environment probe
 included. Before each stage, left = budget - elapsed - MARGIN_S (the margin pays for killing a
-stage and writing the report). A stage needs at least its min_s: with less left it is skipped,
+stage and writing the report; the budget leaves room in a 10-minute command and a 15-minute
+lease that includes the machine's start). A stage needs at least its min_s: with less left it is skipped,
 and a later, cheaper stage still gets its chance. Otherwise it runs with the timeout
 min(max_s, left); still running then, it is cut: its process group is killed and what it
 recorded so far is kept (tests and benchmarks log every result as it finishes).
 
 Adding a benchmark module to a stage is one line in STAGES, where its position is its priority:
     bench("sn", "spectral norm", "benchmarks/test_bench_spectral_norm.py", "--fastgan-quick"),
-(`min_s=` / `max_s=` bound its time; several files may share one stage.)
+(`min_s=` / `max_s=` bound its time; several files may share one stage; its records join the
+report's timing tables by their "op".)
 
 Results, all directly in --out (default benchmarks/results/), so `--out $OUT` works on a remote
 machine that returns only plain files; written after every stage, so a run cut short still
