@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 import fastgan
 from fastgan.nn import EqualConv2d, EqualLinear, FusedLeakyReLU
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 
 def _randn(shape, device="cpu", seed=0, dtype=torch.float64):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fastgan.losses as L
-from conftest import assert_close
+from helpers import assert_close
 
 
 def _scores(seed=0, n=6, k=1):

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastgan
 import fastgan.penalties as P
-from conftest import KERNEL_DEVICE_BACKENDS, load_script
+from helpers import KERNEL_DEVICE_BACKENDS, load_script
 from fastgan.models.progan import Discriminator, Generator
 
 N, RES = 5, 16
