@@ -6,7 +6,7 @@
         ...
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from ._backend import (  # noqa: E402
     BACKENDS,

@@ -6,7 +6,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import bias_act as ba
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 ACTS = ["linear", "relu", "lrelu"]
 

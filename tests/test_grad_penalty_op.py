@@ -5,7 +5,7 @@ import torch
 
 import fastgan
 from fastgan.ops import grad_penalty as gp
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, layout): odd sizes, channels_last, batch 1, a 1-D and 2-D g, a non-dense slice, and a
 # sample of 4500 elements (more than one 4096-element chunk: the two-stage reduction).

@@ -7,7 +7,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import minibatch_stddev as mb
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, group_size, num_features, layout, unbiased, channels_last): N=6 in groups of 3,
 # 33 channels (split over several programs), batch 1 / group_size > N / one channel, 1x1 spatial,

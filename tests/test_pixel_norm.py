@@ -6,7 +6,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import pixel_norm as pn
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, dim, channels_last): odd channel counts, 1x1 spatial, batch 1, [N, C], a non-1 dim,
 # and C > 1024, which makes the kernels sweep C in several chunks.

@@ -13,7 +13,7 @@ import fastgan
 import fastgan.losses as L
 import fastgan.penalties as P
 from fastgan.models import Discriminator, Generator, PlainDiscriminator, fade_images, nf
-from conftest import DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, assert_close
 
 TINY = dict(fmap_base=64, fmap_max=16)  # widths 16, 16, 16, 8, 4, ...
 ROOT = pathlib.Path(__file__).resolve().parents[1]

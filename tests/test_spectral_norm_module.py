@@ -14,7 +14,7 @@ import fastgan
 from fastgan.nn import EqualConv2d, EqualLinear, SNConv2d, SNEmbedding, SNLinear
 from fastgan.nn.utils import (fuse_spectral_norm, load_legacy_spectral_norm,
                               remove_spectral_norm, spectral_norm)
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 
 def _layer(kind):

@@ -127,6 +127,17 @@ def _sole_spectral_norm(module: nn.Module, name: str) -> SpectralNorm | None:
     return plist[0] if len(plist) == 1 and isinstance(plist[0], SpectralNorm) else None
 
 
+def stored_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The tensor stored for `module.<name>`: its parametrization's `original` when it has one
+    (reading `module.<name>` would run the parametrization: a spectral norm would advance).
+
+    Args: module: the layer; name: the parameter's name.
+    Returns: the stored parameter."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)
+
+
 def scaled_weight(module: nn.Module, scale: float, name: str = "weight") -> torch.Tensor:
     """`module.<name> * scale`; with spectral norm on it, `original * (scale / sigma)`: the
     1/sigma folds into the scale, one pass over the weight instead of two.

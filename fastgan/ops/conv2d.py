@@ -14,7 +14,7 @@ So two autograd Functions, `_Conv` (conv_P) and `_ConvWeightGrad` (dw_P), whose 
 each other, cover every order of derivative: the double backward of a convolution (a gradient
 penalty's path) runs forward / dgrad / wgrad convolutions only, never the generic
 `_convolution_double_backward` whose fallback kernels dominate an eager WGAN-GP step
-(BASELINES.md: 1.8x-2.6x on the GP step). A backward computes only the gradients the running
+(docs/baselines.md: 1.8x-2.6x on the GP step). A backward computes only the gradients the running
 backward pass will use: torch.autograd.grad(D(x).sum(), x) computes no weight gradients.
 
 `conv2d_resample` adds ProGAN's up / down layers, fused into one stride-2 convolution with a
