@@ -280,6 +280,7 @@ def test_fused_model_path_matches_torch(device, backend):
         assert all(m._pending is None for m in model.modules() if hasattr(m, "_pending"))
     handle.remove()
     assert not model._forward_pre_hooks and not model._forward_hooks
+    fuse_spectral_norm(model).remove()  # allowed again once removed
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
@@ -481,6 +482,26 @@ def test_fused_path_after_layers_change(device, backend):
         with fastgan.use_backend(backend):
             yo = model(x)
         yt = twin(x)
+        assert_close(yo, yt, torch.float32, "y")
+    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert_close(a, b, torch.float32, n)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_model_inside_fused_model(device, backend):
+    """A fused block inside a fused model: each layer still advances once per call."""
+    torch.manual_seed(10)
+    model = _Nested().to(device)
+    twin = _torch_twin(model)
+    fuse_spectral_norm(model)
+    fuse_spectral_norm(model.a)
+    with pytest.raises(ValueError, match="already active"):
+        fuse_spectral_norm(model)
+    x = torch.randn(2, 3, device=device)
+    for _ in range(2):
+        yt = twin(x)
+        with fastgan.use_backend(backend):
+            yo = model(x)
         assert_close(yo, yt, torch.float32, "y")
     for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
         assert_close(a, b, torch.float32, n)

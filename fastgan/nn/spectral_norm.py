@@ -267,7 +267,9 @@ class _FusedPowerIteration:
         layers = []
         for sub, name, plist, sn in found:  # plain dict look-ups: this runs every call
             plists = sub._modules.get("parametrizations")
-            if (sn.training and plists is not None and plists._modules.get(name) is plist
+            # a pending result: an enclosing fused model advanced this layer for this call
+            if (sn.training and sn._pending is None and plists is not None
+                    and plists._modules.get(name) is plist
                     and len(plist._modules) == 1 and plist._modules["0"] is sn):
                 layers.append((sn, plist.original))
         return layers
@@ -320,15 +322,22 @@ class _FusedPowerIteration:
                 sn.__dict__["_pending"] = None
 
 
+_FUSED: weakref.WeakSet = weakref.WeakSet()  # models with the hook
+
+
 class FusedSpectralNormHandle:
     """Returned by `fuse_spectral_norm`; `remove()` restores the per-layer path."""
 
-    def __init__(self, handles) -> None:
+    def __init__(self, model: nn.Module, handles) -> None:
+        self._model = weakref.ref(model)
         self._handles = handles
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        model = self._model()
+        if model is not None:
+            _FUSED.discard(model)
 
 
 def fuse_spectral_norm(model: nn.Module) -> FusedSpectralNormHandle:
@@ -344,8 +353,11 @@ def fuse_spectral_norm(model: nn.Module) -> FusedSpectralNormHandle:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module  # after the wrapper has broadcast the buffers
+    if model in _FUSED:
+        raise ValueError(f"fuse_spectral_norm is already active on this {type(model).__name__}")
     hook = _FusedPowerIteration(model)
-    return FusedSpectralNormHandle([
+    _FUSED.add(model)
+    return FusedSpectralNormHandle(model, [
         model.register_forward_pre_hook(hook.pre),
         model.register_forward_hook(hook.post, always_call=True),
     ])
