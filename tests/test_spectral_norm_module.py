@@ -23,6 +23,8 @@ def _layer(kind):
         "conv2d": lambda: nn.Conv2d(3, 4, 3, padding=1),
         "conv_transpose2d": lambda: nn.ConvTranspose2d(3, 5, 3),
         "embedding": lambda: nn.Embedding(10, 6),
+        "conv3d": lambda: nn.Conv3d(2, 3, 2),
+        "conv_transpose1d": lambda: nn.ConvTranspose1d(3, 2, 3),
         "equal_conv2d": lambda: EqualConv2d(3, 4, 3, padding=1),
         "equal_linear": lambda: EqualLinear(6, 3),
     }[kind]()
@@ -31,7 +33,8 @@ def _layer(kind):
 def _input(kind, device, g):
     if kind == "embedding":
         return torch.randint(0, 10, (4, 3), generator=g).to(device)
-    shape = {"linear": (4, 5), "equal_linear": (4, 6)}.get(kind, (2, 3, 5, 5))
+    shape = {"linear": (4, 5), "equal_linear": (4, 6), "conv3d": (2, 2, 3, 3, 3),
+             "conv_transpose1d": (2, 3, 5)}.get(kind, (2, 3, 5, 5))
     return torch.randn(shape, generator=g).to(device)
 
 
@@ -68,7 +71,7 @@ def _check_same(theirs, ours, exact, what):
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("n_iter", [1, 3])
 @pytest.mark.parametrize("kind", ["linear", "conv2d", "conv_transpose2d", "embedding",
-                                  "equal_conv2d", "equal_linear"])
+                                  "conv3d", "conv_transpose1d", "equal_conv2d", "equal_linear"])
 def test_training_forwards_match_torch(device, backend, n_iter, kind):
     """Five training forwards with an SGD step between them: u, v, outputs and gradients equal
     after each; then eval mode (u, v frozen, outputs equal)."""
