@@ -7,7 +7,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import spectral_norm as sn
-from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, dim): odd sizes, more rows than a row block (16) and more columns than a column tile
 # (128), one row, one column, dim 1 (transposed convs) and the last dim, 3-D and 5-D weights.

@@ -58,7 +58,8 @@ def _check_same(theirs, ours, exact, what):
     """Buffers, original weight's gradient: bitwise when `exact` (the "ref" backend runs torch's
     own ops on torch modules), else within fp32's tolerance."""
     pairs = [(_sn(ours)._u, _sn(theirs)._u, "u"), (_sn(ours)._v, _sn(theirs)._v, "v")]
-    go, gt = ours.parametrizations.weight.original.grad, theirs.parametrizations.weight.original.grad
+    go = ours.parametrizations.weight.original.grad
+    gt = theirs.parametrizations.weight.original.grad
     if gt is not None:
         pairs.append((go, gt, "grad"))
     for a, b, n in pairs:

@@ -203,7 +203,8 @@ def _shape3(w: torch.Tensor, dim: int) -> tuple[int, int, int]:
 def _tables(weights: list[torch.Tensor], dims: list[int]):
     """(meta, row block maps, column block maps, total H, total K, partial counts) on the
     weights' device, cached while the weights keep their storage."""
-    key = (weights[0].device, tuple((w.data_ptr(), tuple(w.shape), d) for w, d in zip(weights, dims)))
+    key = (weights[0].device,
+           tuple((w.data_ptr(), tuple(w.shape), d) for w, d in zip(weights, dims)))
     hit = _TABLES.get(key)
     if hit is not None:
         return hit
@@ -233,6 +234,7 @@ def _tables(weights: list[torch.Tensor], dims: list[int]):
 
 def _triton_power_iteration(weights, v, dims, n_power_iterations, eps):
     weights = [w.contiguous() for w in weights]
+    dims = [d % w.dim() for w, d in zip(weights, dims)]
     meta, rl, ri, cl, ci, n_u, n_v, n_p1, n_p2 = _tables(weights, dims)
     acc = C_.acc_torch_dtype(weights[0].dtype)
     dev = weights[0].device
