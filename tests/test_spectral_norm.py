@@ -26,7 +26,7 @@ def _inputs(dtype, device, seed, layers=LAYERS):
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n_iter", [1, 3])
 def test_kernels_match_reference(device, backend, dtype, n_iter):
     ws, vs, dims = _inputs(dtype, device, 1)
