@@ -43,14 +43,15 @@ def test_kernels_match_reference(device, backend, dtype, n_iter):
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
 def test_sigma_agrees_with_torchs_formula(device, backend):
     """The kernel's sigma = ||s||^2 / max(||s||, eps) against torch's vdot(u, mv(W_mat, v)) on the
-    kernel's own u, v: within 2e-7 relative (a couple of fp32 ulp)."""
+    kernel's own u, v: within 1e-6 relative (~8 fp32 ulp; over 100 random layers up to 64x576
+    the worst seen on CPU was 2.8e-7, 2.4 ulp)."""
     ws, vs, dims = _inputs(torch.float32, device, 2)
     with fastgan.use_backend(backend):
         us, vs2, sigmas = sn.power_iteration(ws, vs, dims, 2)
     for w, d, u, v, s in zip(ws, dims, us, vs2, sigmas):
         w_mat = sn.weight_to_matrix(w, d)
         torch_sigma = torch.vdot(u, torch.mv(w_mat, v))
-        assert abs(s.item() - torch_sigma.item()) <= 2e-7 * abs(torch_sigma.item())
+        assert abs(s.item() - torch_sigma.item()) <= 1e-6 * abs(torch_sigma.item())
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
