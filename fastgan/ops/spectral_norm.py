@@ -292,7 +292,8 @@ class _Sigma(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, v = ctx.saved_tensors
-        g_w = matrix_to_weight(grad * torch.outer(u, v), ctx.shape, ctx.dim).to(ctx.dtype)
+        # outer(grad * u, v): torch's order (vdot's backward, then mv's), and H products, not H*K
+        g_w = matrix_to_weight(torch.outer(grad * u, v), ctx.shape, ctx.dim).to(ctx.dtype)
         return g_w, None, None, None, None
 
 
