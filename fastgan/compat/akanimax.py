@@ -117,9 +117,9 @@ class EqualizedConvTranspose2d(_Fusable, nn.ConvTranspose2d):
                     output_size=None) -> torch.Tensor:
         """This layer followed by a leaky ReLU (None: none), in one transposed conv and one
         bias_act pass. output_size: as for nn.ConvTranspose2d."""
-        output_padding = self._output_padding(x, output_size, list(self.stride),
-                                              list(self.padding), list(self.kernel_size), 2,
-                                              list(self.dilation))
+        output_padding = nn.ConvTranspose2d._output_padding(
+            self, x, output_size, list(self.stride), list(self.padding), list(self.kernel_size),
+            2, list(self.dilation))
         return conv_transpose_forward(self, x, self.weight * self.scale, self.bias,
                                       tuple(output_padding), negative_slope=negative_slope)
 
