@@ -18,6 +18,8 @@ import torch
 import fastgan
 import fastgan.penalties as P
 from fastgan.compat import akanimax as A
+from compat_checks import F64, compare_penalty_steps
+from compat_checks import close as _close, compare as _compare, randn as _x
 from conftest import _CPU_CASES
 
 try:
@@ -26,16 +28,7 @@ except ImportError as e:  # a missing reference must fail, not skip
     raise ImportError("these tests need the real port: pip install --no-deps pro-gan-pth==3.4 "
                       "(see .ci/run)") from e
 
-TOL = 1e-10
-F64 = torch.float64
 CPU_BACKENDS = [b for _, b in _CPU_CASES]  # fp64 on the CPU: ref, and Triton when interpreted
-
-
-def _close(actual, expected, name=""):
-    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    assert actual.shape == expected.shape, f"{name}: {actual.shape} != {expected.shape}"
-    assert err <= TOL * scale, f"{name}: max abs error {err:.3e} > {TOL:g} * {scale:.3g}"
 
 
 def _torch1_output_padding(module):
@@ -59,30 +52,6 @@ def _runnable(model):
 def tiny_widths(monkeypatch):
     """The port's nf() with widths 8, 8, 4, 2, 2, ... (its own are 512 down to 16)."""
     monkeypatch.setattr(PN, "nf", lambda stage, **kw: max(2, 8 >> max(stage - 2, 0)))
-
-
-def _grads(module, inputs, out):
-    """d sum(out * fixed random weights) wrt inputs and module's parameters."""
-    w = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(7))
-    params = [p for p in module.parameters()]
-    return torch.autograd.grad((out * w).sum(), list(inputs) + params, allow_unused=True)
-
-
-def _compare(orig, conv, *args, n_inputs=1, name=""):
-    """Outputs and all first-order gradients of orig(*args) and conv(*args) are equal."""
-    xs = [a.detach().clone().requires_grad_(True) for a in args[:n_inputs]]
-    ys = [a.detach().clone().requires_grad_(True) for a in args[:n_inputs]]
-    out_o = orig(*xs, *args[n_inputs:])
-    out_c = conv(*ys, *args[n_inputs:])
-    _close(out_c, out_o, f"{name} output")
-    for i, (go, gc) in enumerate(zip(_grads(orig, xs, out_o), _grads(conv, ys, out_c))):
-        assert (go is None) == (gc is None), f"{name} gradient {i}"
-        if go is not None:
-            _close(gc, go, f"{name} gradient {i}")
-
-
-def _x(*shape, seed=1):
-    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
 
 
 # --- the layers -----------------------------------------------------------------------------
@@ -214,29 +183,15 @@ def test_converted_d_wgan_gp_step_equals_the_port(tiny_widths, backend):
     real, fake = _images(8, depth, 4), _images(8, depth, 5)
     loss = PL.WganGP()
 
-    def step(model, penalty):
-        model.zero_grad(set_to_none=True)
+    def dis_loss(model):
         torch.manual_seed(11)  # the port draws its epsilon with torch.rand
-        value = penalty(model)
-        value.backward()
-        # a parameter D's output does not use gets None; one the penalty does not reach may
-        # get None or zeros, depending on the backward that ran
-        return value.detach(), [torch.zeros_like(p) if p.grad is None else p.grad
-                                for p in model.parameters()]
+        return loss.dis_loss(model, real, fake, depth, alpha)
 
     with fastgan.use_backend(backend):
         eps = torch.rand(8, generator=torch.Generator().manual_seed(12), dtype=F64)
-        steps = {
-            "WganGP.dis_loss": lambda m: loss.dis_loss(m, real, fake, depth, alpha),
-            "fastgan gradient_penalty": lambda m: P.gradient_penalty(
-                lambda x: m(x, depth, alpha), real, fake, epsilon=eps),
-        }
-        for name, penalty in steps.items():
-            (v1, g1), (v2, g2) = step(D, penalty), step(D2, penalty)
-            _close(v2, v1, name)
-            assert sum(bool(a.any()) for a in g1) > 10  # the layers at this depth
-            for i, (a, b) in enumerate(zip(g2, g1)):
-                _close(a, b, f"{name} parameter {i}")
+        compare_penalty_steps(D, D2, dis_loss, "WganGP.dis_loss")
+        compare_penalty_steps(D, D2, lambda m: P.gradient_penalty(
+            lambda x: m(x, depth, alpha), real, fake, epsilon=eps), "fastgan gradient_penalty")
         # fastgan's penalty on the converted D is the port's penalty on its own D
         torch.manual_seed(13)
         port_eps = torch.rand((8, 1, 1, 1)).to(F64)
