@@ -22,13 +22,15 @@ def randn(*shape, seed: int = 1) -> torch.Tensor:
 
 def _grads(module, inputs, out):
     w = randn(*out.shape, seed=7)
-    return torch.autograd.grad((out * w).sum(), list(inputs) + list(module.parameters()),
+    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
+    return torch.autograd.grad((out * w).sum(), list(inputs) + params,
                                allow_unused=True, materialize_grads=True)
 
 
 def compare(orig, mine, *args, n_inputs: int = 1, name: str = "") -> None:
     """orig(*args) and mine(*args) agree: the output, and the gradients of a random weighting
-    of it with respect to the first n_inputs args and to each module's parameters (in order)."""
+    of it with respect to the first n_inputs args and to each module's parameters (in order;
+    orig and mine may also be plain functions)."""
     xs = [a.detach().clone().requires_grad_(True) for a in args[:n_inputs]]
     ys = [a.detach().clone().requires_grad_(True) for a in args[:n_inputs]]
     out_o, out_m = orig(*xs, *args[n_inputs:]), mine(*ys, *args[n_inputs:])
