@@ -88,7 +88,8 @@ def test_layer_init_and_constructor_mirror_the_port():
     for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
                  "groups", "padding_mode"):
         assert getattr(mine, attr) == getattr(orig, attr), attr
-    assert isinstance(mine, torch.nn.Conv2d) and isinstance(A.EqualizedLinear(3, 2), torch.nn.Linear)
+    assert isinstance(mine, torch.nn.Conv2d)
+    assert isinstance(A.EqualizedLinear(3, 2), torch.nn.Linear)
     with pytest.raises(ValueError, match="padding"):
         A.EqualizedConv2d(3, 4, 3, padding="same")
 
@@ -230,6 +231,16 @@ def test_convert_keeps_parameter_objects_for_the_optimizer(tiny_widths):
     D(real, 3, 1.0).mean().backward()
     opt.step()  # the optimizer still holds the model's parameters
     assert all(p.grad is not None for p in params)
+
+
+def test_plain_layer_models_get_their_blocks_fused(tiny_widths):
+    """use_eql=False: the port's blocks hold plain torch convs; the blocks still fuse."""
+    torch.manual_seed(0)
+    D = PN.Discriminator(depth=3, latent_size=8, use_eql=False).to(F64)
+    D2 = fastgan.convert(D, inplace=False).model
+    assert type(D2.layers[0]) is A.DisGeneralConvBlock
+    assert type(D2.layers[0].conv_1) is torch.nn.Conv2d
+    _compare(D, D2, _images(8, 3, 9), 3, 0.5, name="D use_eql=False")
 
 
 def test_converted_generator_runs_where_the_port_cannot(tiny_widths):
