@@ -9,7 +9,8 @@ are. A converted module keeps its identity, parameters, buffers and state_dict k
 swapped for the compat one), so optimizers, references and checkpoints keep working. Then every
 plain nn.Sequential folds what it can into the compat layers it holds (`fusion.py`). Anything the
 table names but whose structure differs (a subclass that redefines forward, hooks, other
-attributes) is left as it is and listed with the reason.
+attributes) is left as it is and listed with the reason. Spectral norm on any layer is matched by
+the second table, `site_rules.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from . import fusion as fusion_
 from .rules import Rule, check_own_class, is_compat, rules_for
+from .site_rules import SITE_RULES, SiteRule
 
 __all__ = ["ConversionReport", "convert"]
 
@@ -80,6 +82,7 @@ def _post_order(model: nn.Module):
 @dataclasses.dataclass
 class _Plan:
     swaps: list[tuple[nn.Module, Rule]] = dataclasses.field(default_factory=list)
+    sites: list[tuple[nn.Module, str, SiteRule]] = dataclasses.field(default_factory=list)
     folds: list[tuple[nn.Sequential, fusion_.Fusion]] = dataclasses.field(default_factory=list)
 
 
@@ -109,6 +112,15 @@ def _plan(model: nn.Module, report: ConversionReport) -> _Plan:
                 reasons.append(f"not {rule.port}'s {rule.class_name}: {why}")
             else:
                 report.left_alone.append((where, _qualname(type(m)), "; ".join(reasons)))
+        for site_rule in SITE_RULES:
+            for name in site_rule.sites(m):
+                at = f"{path}.{name}" if path else name
+                why = site_rule.why_not(m, name)
+                if why is None:
+                    plan.sites.append((m, name, site_rule))
+                    report.replaced.append((at, site_rule.kind, site_rule.target))
+                else:
+                    report.left_alone.append((at, site_rule.kind, why))
         if isinstance(m, nn.Sequential):
             for f in fusion_.plan_sequential(
                     m, lambda c: targets.get(id(c)) or (type(c) if is_compat(c) else None)):
@@ -146,6 +158,8 @@ def convert(model: nn.Module, *, inplace: bool = True,
     for m, rule in plan.swaps:
         rule.prepare(m)
         m.__class__ = rule.target
+    for m, name, site_rule in plan.sites:
+        site_rule.apply(m, name)
     for seq, f in plan.folds:
         fusion_.apply_fusion(seq, f)
     return report
