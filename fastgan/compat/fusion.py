@@ -19,7 +19,7 @@ from torch import nn
 
 from ._epilogue import pool_unfusable_reason
 
-__all__ = ["Fusion", "plan_sequential", "apply_fusion", "fuse_sequential"]
+__all__ = ["Fusion", "plan_sequential", "apply_fusion", "fuse_sequential", "plain_module"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +44,19 @@ class Fusion:
         return f"[{self.absorbed}] {what} folded into [{self.layer}]"
 
 
-def _plain(m: nn.Module, cls: type) -> bool:
-    """Exactly torch's class, with no hooks: its forward is known."""
+def plain_module(m: nn.Module, cls: type) -> bool:
+    """m is exactly the torch class `cls`, with no hooks and no instance-level forward: what it
+    computes is known."""
     return (type(m) is cls and not m._forward_hooks and not m._forward_pre_hooks
-            and not m._backward_hooks)
+            and not m._backward_hooks and "forward" not in vars(m))
 
 
 def _is_half_pool(m: nn.Module) -> bool:
     def two(v):
         return v in (2, (2, 2))
-    return (_plain(m, nn.AvgPool2d) and two(m.kernel_size) and (m.stride is None or two(m.stride))
-            and m.padding in (0, (0, 0)) and not m.ceil_mode and m.divisor_override is None)
+    return (plain_module(m, nn.AvgPool2d) and two(m.kernel_size)
+            and (m.stride is None or two(m.stride)) and m.padding in (0, (0, 0))
+            and not m.ceil_mode and m.divisor_override is None)
 
 
 def _torch_conv(m: nn.Module) -> nn.Module | None:
@@ -76,7 +78,7 @@ def plan_sequential(seq: nn.Sequential,
     Returns:
         The fusions, in order.
     """
-    if not _plain(seq, nn.Sequential):
+    if not plain_module(seq, nn.Sequential):
         return []
     mods = list(seq)
     out = []
@@ -94,7 +96,7 @@ def plan_sequential(seq: nn.Sequential,
                 and pool_unfusable_reason(_torch_conv(mods[i])) is None):
             out.append(Fusion(i, j, "pool"))
             j += 1
-        if j < len(mods) and _plain(mods[j], nn.LeakyReLU):
+        if j < len(mods) and plain_module(mods[j], nn.LeakyReLU):
             out.append(Fusion(i, j, "lrelu", float(mods[j].negative_slope)))
             j += 1
         i = j

@@ -17,6 +17,7 @@ from typing import Callable
 from torch import nn
 
 from . import akanimax, gan_zoo, rosinality
+from .fusion import plain_module
 
 __all__ = ["Rule", "RULES", "check_own_class", "is_compat", "rules_for"]
 
@@ -70,11 +71,6 @@ def check_own_class(m: nn.Module, base: type) -> str | None:
             getattr(m, "_backward_pre_hooks", None):
         return "it has hooks registered"
     return None
-
-
-def _plain(m: nn.Module, cls: type) -> bool:
-    return (type(m) is cls and not m._forward_hooks and not m._forward_pre_hooks
-            and not m._backward_hooks and "forward" not in vars(m))
 
 
 def _extra_attrs(m: nn.Module) -> set:
@@ -146,7 +142,7 @@ def _children_are(m: nn.Module, planned: Planned, expected: dict) -> str | None:
         cls = planned(child)
         if cls not in allowed:
             return f"{name} is a {type(child).__name__} that is not converted"
-        if cls.__module__.startswith("torch.") and not _plain(child, cls):
+        if cls.__module__.startswith("torch.") and not plain_module(child, cls):
             return f"{name} has hooks or a replaced forward"
     return None
 
@@ -212,7 +208,7 @@ def _zoo_layer(torch_cls: type):
         if _extra_attrs(m) not in ({"equalized", "weight"}, {"equalized"}):
             return f"its attributes are {sorted(_extra_attrs(m))}, not equalized and weight"
         names = [n for n, _ in m.named_children()]
-        if names != ["module"] or not _plain(m.module, torch_cls):
+        if names != ["module"] or not plain_module(m.module, torch_cls):
             return f"it does not wrap a plain {torch_cls.__name__} as `module`"
         if m.equalized not in (True, False):
             return f"equalized is {m.equalized!r}"
