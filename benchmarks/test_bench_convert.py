@@ -41,11 +41,9 @@ from .conftest import record, summarize_at_end
 from .test_bench_penalty import (_dtypes, _eager_penalty, _flat_grads, _loss, _quick, _rel,
                                  _skip_reason, DEVICE, GP_WEIGHT)
 
-try:
-    from pro_gan_pytorch import networks as PN
-except ImportError as e:
-    raise ImportError("this benchmark times pro_gan_pytorch's Discriminator: "
-                      "pip install --no-deps pro-gan-pth==3.4") from e
+pytest.importorskip("pro_gan_pytorch", reason="times pro_gan_pytorch's Discriminator: pip "
+                    "install --no-deps pro-gan-pth==3.4")
+from pro_gan_pytorch import networks as PN  # noqa: E402
 
 OP = "progan_pth_d_step_gp"
 PROVIDERS = ("eager", "compile", "compile_workaround", "triton", "cuda")
