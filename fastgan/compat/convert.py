@@ -86,44 +86,55 @@ class _Plan:
     folds: list[tuple[nn.Sequential, fusion_.Fusion]] = dataclasses.field(default_factory=list)
 
 
+def _plan_class(m, where, planned, targets, plan, report) -> None:
+    """Match m against the class table; plan its swap or report why not."""
+    found = None if is_compat(m) else rules_for(m)
+    if found is None:
+        return
+    base, rules = found
+    reason = check_own_class(m, base)
+    reasons = [reason] if reason else []
+    for rule in rules if reason is None else ():
+        why = rule.why_not(m, planned)
+        if why is None:
+            targets[id(m)] = rule.target
+            plan.swaps.append((m, rule))
+            report.replaced.append((where, _qualname(type(m)), _qualname(rule.target)))
+            if rule.fuses:
+                report.fused.append((where, rule.fuses))
+            return
+        reasons.append(f"not {rule.port}'s {rule.class_name}: {why}")
+    report.left_alone.append((where, _qualname(type(m)), "; ".join(reasons)))
+
+
+def _plan_sites(m, path, plan, report) -> None:
+    """Match m's tensors against the site table (spectral norm)."""
+    for site_rule in SITE_RULES:
+        for name in site_rule.sites(m):
+            at = f"{path}.{name}" if path else name
+            why = site_rule.why_not(m, name)
+            if why is None:
+                plan.sites.append((m, name, site_rule))
+                report.replaced.append((at, site_rule.kind, site_rule.target))
+            else:
+                report.left_alone.append((at, site_rule.kind, why))
+
+
 def _plan(model: nn.Module, report: ConversionReport) -> _Plan:
     plan, targets = _Plan(), {}
 
     def planned(m: nn.Module) -> type:
         return targets.get(id(m), type(m))
 
+    def compat_class(m: nn.Module) -> type | None:
+        return targets.get(id(m)) or (type(m) if is_compat(m) else None)
+
     for path, m in _post_order(model):
         where = path or "(root)"
-        found = None if is_compat(m) else rules_for(m)
-        if found is not None:
-            base, rules = found
-            reason = check_own_class(m, base)
-            reasons = [reason] if reason else []
-            for rule in rules if reason is None else ():
-                why = rule.why_not(m, planned)
-                if why is None:
-                    targets[id(m)] = rule.target
-                    plan.swaps.append((m, rule))
-                    report.replaced.append((where, _qualname(type(m)),
-                                            _qualname(rule.target)))
-                    if rule.fuses:
-                        report.fused.append((where, rule.fuses))
-                    break
-                reasons.append(f"not {rule.port}'s {rule.class_name}: {why}")
-            else:
-                report.left_alone.append((where, _qualname(type(m)), "; ".join(reasons)))
-        for site_rule in SITE_RULES:
-            for name in site_rule.sites(m):
-                at = f"{path}.{name}" if path else name
-                why = site_rule.why_not(m, name)
-                if why is None:
-                    plan.sites.append((m, name, site_rule))
-                    report.replaced.append((at, site_rule.kind, site_rule.target))
-                else:
-                    report.left_alone.append((at, site_rule.kind, why))
+        _plan_class(m, where, planned, targets, plan, report)
+        _plan_sites(m, path, plan, report)
         if isinstance(m, nn.Sequential):
-            for f in fusion_.plan_sequential(
-                    m, lambda c: targets.get(id(c)) or (type(c) if is_compat(c) else None)):
+            for f in fusion_.plan_sequential(m, compat_class):
                 plan.folds.append((m, f))
                 report.fused.append((where, f.describe()))
     return plan
