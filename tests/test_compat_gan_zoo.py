@@ -8,6 +8,7 @@ consecutive groups with the unbiased variance. The classes carry the port's name
 what convert recognizes.
 """
 
+import copy
 import math
 
 import pytest
@@ -151,3 +152,18 @@ def test_converted_d_equals_port_with_penalty(backend):
         compare(ref, D, real, name="D")
         compare_penalty_steps(ref, D, lambda m: P.gradient_penalty(
             m, real, fake, epsilon=eps.abs() / 4) + m(real).mean() - m(fake).mean(), "WGAN-GP")
+
+
+def test_converted_generator_head_equals_port():
+    """GAN_zoo's G starts with a dense layer, a leaky ReLU and its NormalizationLayer."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(EqualizedLinear(5, 12), nn.LeakyReLU(0.2), NormalizationLayer(),
+                        nn.Unflatten(1, (3, 2, 2)), EqualizedConv2d(3, 4, 3, padding=1),
+                        nn.LeakyReLU(0.2), NormalizationLayer()).to(F64)
+    G = copy.deepcopy(ref)
+    report = fastgan.convert(G)
+    assert [p for p, _, _ in report.replaced] == ["0", "2", "4", "6"]
+    assert [type(m).__name__ for m in G] == ["EqualizedLinear", "Identity",
+                                             "NormalizationLayer", "Unflatten",
+                                             "EqualizedConv2d", "Identity", "NormalizationLayer"]
+    compare(ref, G, randn(3, 5), name="G head")
