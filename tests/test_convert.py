@@ -10,7 +10,7 @@ from torch import nn
 
 import fastgan
 from fastgan.compat import akanimax as A
-from compat_checks import F64, compare, randn
+from compat_checks import F64, close, compare, randn
 from conftest import _CPU_CASES
 
 # The real port, a test-only dependency that .ci/run installs; a machine without it (the GPU
@@ -185,3 +185,18 @@ def test_fused_sequential_equals_unfused(backend):
     assert seq[4].fused_negative_slope == 0.3
     with fastgan.use_backend(backend):
         compare(ref, seq, randn(2, 3, 6, 4), name=backend)
+
+
+@pytest.mark.slow
+def test_converted_model_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    model = nn.Sequential(PC.EqualizedConv2d(3, 4, 1), nn.LeakyReLU(0.2),
+                          PM.DisGeneralConvBlock(4, 4, True), PC.MinibatchStdDev()).to(F64)
+    ref = copy.deepcopy(model)
+    fastgan.convert(model)
+    backend = [b for _, b in _CPU_CASES][-1]  # the kernels, where the interpreter runs them
+    torch._dynamo.reset()
+    x = randn(4, 3, 8, 8)
+    with fastgan.use_backend(backend):
+        out = torch.compile(model, fullgraph=True)(x)
+    close(out, ref(x), "compiled")
