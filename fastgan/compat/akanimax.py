@@ -82,8 +82,17 @@ class EqualizedConv2d(_Fusable, nn.Conv2d):
 
     def act_forward(self, x: torch.Tensor, negative_slope: float | None,
                     resample: str | None = None) -> torch.Tensor:
-        """This layer followed by a leaky ReLU (None: none), resampled ("up": x upsampled 2x
-        first; "down": 2x2 average pool before the bias), in one conv and one bias_act pass."""
+        """This layer followed by a leaky ReLU, in one conv and one bias_act pass.
+
+        Args:
+            x: [N, C, H, W] input.
+            negative_slope: the leaky ReLU's slope, or None for no activation.
+            resample: None; "up" (x upsampled 2x first) or "down" (2x2 average pool before the
+                bias), computed as one stride-2 (transposed) conv.
+
+        Returns:
+            The output.
+        """
         return conv_forward(self, x, self.weight * self.scale, self.bias, resample=resample,
                             negative_slope=negative_slope)
 
@@ -115,8 +124,16 @@ class EqualizedConvTranspose2d(_Fusable, nn.ConvTranspose2d):
 
     def act_forward(self, x: torch.Tensor, negative_slope: float | None,
                     output_size=None) -> torch.Tensor:
-        """This layer followed by a leaky ReLU (None: none), in one transposed conv and one
-        bias_act pass. output_size: as for nn.ConvTranspose2d."""
+        """This layer followed by a leaky ReLU, in one transposed conv and one bias_act pass.
+
+        Args:
+            x: [N, C, H, W] input.
+            negative_slope: the leaky ReLU's slope, or None for no activation.
+            output_size: as for nn.ConvTranspose2d.
+
+        Returns:
+            The output.
+        """
         output_padding = nn.ConvTranspose2d._output_padding(
             self, x, output_size, list(self.stride), list(self.padding), list(self.kernel_size),
             2, list(self.dilation))

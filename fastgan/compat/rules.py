@@ -55,9 +55,16 @@ _MODULE_ATTRS = set(vars(nn.Module()))
 
 
 def check_own_class(m: nn.Module, base: type) -> str | None:
-    """Why `m` may not compute what `base` (a class in its MRO) computes, or None: a subclass
-    between type(m) and base that redefines anything but __init__/extra_repr, an instance-level
-    forward, or hooks."""
+    """Whether `m` computes what `base` computes.
+
+    Args:
+        m: the module.
+        base: the recognized class in m's MRO.
+
+    Returns:
+        None, or the reason it may not: a class between type(m) and base that redefines
+        anything but __init__/extra_repr, an instance-level forward, or hooks.
+    """
     for cls in type(m).__mro__:
         if cls is base:
             break
@@ -286,8 +293,15 @@ RULES: list[Rule] = _AK_RULES + _ZOO_RULES + _ROS_RULES
 
 
 def rules_for(m: nn.Module) -> tuple[type, list[Rule]] | None:
-    """The class in m's MRO that the table knows and its candidate rules, or None. Classes
-    defined by fastgan or torch are never foreign."""
+    """The table's candidates for m.
+
+    Args:
+        m: the module.
+
+    Returns:
+        (the first class in m's MRO whose name the table knows, its rules), or None. Classes
+        defined by fastgan or torch are never foreign.
+    """
     for cls in type(m).__mro__:
         if cls.__module__.startswith(("fastgan.", "torch.")) or cls is object:
             continue
@@ -298,6 +312,13 @@ def rules_for(m: nn.Module) -> tuple[type, list[Rule]] | None:
 
 
 def is_compat(m: nn.Module) -> bool:
-    """Whether m is already a compat layer (a second convert leaves it as it is)."""
+    """Whether m is already a compat layer (a second convert leaves it as it is).
+
+    Args:
+        m: the module.
+
+    Returns:
+        True for an instance of a fastgan.compat class.
+    """
     return type(m).__module__.startswith("fastgan.compat.")
 
