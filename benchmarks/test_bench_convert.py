@@ -14,6 +14,7 @@ Providers, all on the same weights and inputs:
                         "mismatch" with the dropped gradient).
     compile_workaround  torch.compile(D) for D(real)/D(fake), the eager D for the penalty pass
     triton / cuda       fastgan.convert(D) with that backend, fastgan.penalties.gradient_penalty
+    triton_cl / cuda_cl the same, model and images channels_last (one more line of user code)
 Each records ms (median CUDA-event time, L2 flushed), peak MiB, and the relative error of the
 parameter gradients and the loss against an fp64 eager step. A converted provider fails when its
 gradient error exceeds 10x eager's (and 1e-2). The goals (issue 14, from BASELINES.md's 219.9 ms
@@ -46,7 +47,7 @@ pytest.importorskip("pro_gan_pytorch", reason="times pro_gan_pytorch's Discrimin
 from pro_gan_pytorch import networks as PN  # noqa: E402
 
 OP = "progan_pth_d_step_gp"
-PROVIDERS = ("eager", "compile", "compile_workaround", "triton", "cuda")
+PROVIDERS = ("eager", "compile", "compile_workaround", "triton", "triton_cl", "cuda", "cuda_cl")
 GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GOALS = {"fp32": 2.5, "bf16": 3.0}  # converted speed-up over eager
 
@@ -122,9 +123,14 @@ def _make(provider, res, dtype):
     real, fake, eps = _inputs(res, _batch())
     amp = dtype == torch.bfloat16
     scope = contextlib.nullcontext
-    if provider in ("triton", "cuda"):
+    converted = provider.startswith(("triton", "cuda"))
+    if converted:
         fastgan.convert(d)
-        scope = lambda: fastgan.use_backend(provider)  # noqa: E731
+        backend = provider.split("_")[0]
+        scope = lambda: fastgan.use_backend(backend)  # noqa: E731
+    if provider.endswith("_cl"):
+        d = d.to(memory_format=torch.channels_last)
+        real, fake = (t.contiguous(memory_format=torch.channels_last) for t in (real, fake))
     compiled = torch.compile(d) if "compile" in provider else d
     params = list(d.parameters())
 
@@ -134,7 +140,7 @@ def _make(provider, res, dtype):
     def eager(x):
         return d(x, depth, 1.0)
 
-    if provider in ("triton", "cuda"):
+    if converted:
         def penalty():
             return P.gradient_penalty(eager, real, fake, weight=GP_WEIGHT, epsilon=eps)
     else:
@@ -202,7 +208,7 @@ def test_converted_d_step(benchmark, convert_case, provider, request):
                       and r["shape"] == rec["shape"] and r["dtype"] == rec["dtype"]
                       and "grad_rel_err" in r), None)
     failure = None
-    if provider in ("triton", "cuda"):
+    if provider.startswith(("triton", "cuda")):
         if not math.isfinite(rec["grad_rel_err"]):
             failure = f"non-finite gradients ({rec['grad_rel_err']})"
         elif eager_err is not None and rec["grad_rel_err"] > max(10 * eager_err, 1e-2):
@@ -257,7 +263,7 @@ def _write_summary(tr):
         mem = f"{r['peak_mib']:7.0f} MiB" if "peak_mib" in r else ""
         note = f"  [{r['status']}: {r.get('reason', '')}]" if r["status"] != "ok" else ""
         goal = ""
-        if r["provider"] in ("triton", "cuda") and speed is not None and DEVICE == "cuda":
+        if r["provider"].startswith(("triton", "cuda")) and speed is not None and DEVICE == "cuda":
             met = (speed >= GOALS[r["dtype"]]
                    and r["grad_rel_err"] <= eager[key]["grad_rel_err"])
             goal = (f"  goal {GOALS[r['dtype']]}x eager with no larger error: "
