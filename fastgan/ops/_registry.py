@@ -45,7 +45,9 @@ Autograd, by default (a plain differentiable op needs nothing more than the abov
     by default it is the vjp of `reference(*forward_tensors, *params)`.
 `autograd=(forward, backward, double_backward)` replaces the default of a stage by a
 (setup_context, vjp) pair (None keeps the default), for an op whose derivative chain is shaped
-otherwise (bias_act: its double backward's vjp is its backward again).
+otherwise (bias_act: its double backward's vjp is its backward again). An op that is not
+differentiable or mutates its inputs (spectral norm's power iteration) is no kernel op in this
+sense: register it with torch.library.custom_op directly.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def _signature(qualname: str, schema: str) -> _Signature:
     n = 0
     while n < len(args) and str(args[n].type) in ("Tensor", "Optional[Tensor]"):
         n += 1
-    if not args or args[-1].name != "backend" or any("Tensor" in str(a.type) for a in args[n:]):
+    if not args or (args[-1].name, str(args[-1].type)) != ("backend", "str") or any(
+            "Tensor" in str(a.type) for a in args[n:]):
         raise ValueError(f"{qualname}{schema}: tensor arguments first, `str backend` last")
     return _Signature(n, tuple(isinstance(a.type, torch.OptionalType) for a in args[:n]),
                       len(args), len(parsed.returns))
@@ -194,6 +197,21 @@ def _reference_autograd(sig: _Signature, backward_sig: _Signature, backward_ref)
     return setup_context, backward
 
 
+def _reference_backward(name: str, reference, sigs, save_outputs):
+    """backward_ref as the vjp of the forward's reference: (cotangents, inputs, params) -> the
+    gradients of the inputs; ValueError where the backward takes anything else."""
+    n_out, n_in, n_bwd = sigs[0].n_returns, sigs[0].n_tensors, sigs[1].n_tensors
+    if reference is None or save_outputs or n_bwd != n_out + n_in:
+        raise ValueError(f"{name}: give backward_ref (the backward does not take just the "
+                         "forward's cotangents and inputs)")
+
+    def backward_ref(*args):
+        cots, inputs, params = args[:n_out], args[n_out:n_bwd], args[n_bwd:]
+        return vjp(lambda *x: reference(*x, *params), inputs, cots[0] if n_out == 1 else cots)
+
+    return backward_ref
+
+
 def declare(name: str, *, forward: str, backward: str, double_backward: str,
             triton: Sequence[Callable], fake: Sequence[Callable], reference: Callable | None = None,
             backward_ref: Callable | None = None, save_outputs: Sequence[int] = (),
@@ -224,6 +242,10 @@ def declare(name: str, *, forward: str, backward: str, double_backward: str,
     schemas = (forward, backward, double_backward)
     quals = [f"{NAMESPACE}::{name}" + ("" if s == "forward" else f"_{s}") for s in STAGES]
     sigs = [_signature(q, s) for q, s in zip(quals, schemas)]
+    autograd = tuple(autograd or (None, None, None))
+    if backward_ref is None and autograd[2] is None:
+        backward_ref = _reference_backward(name, reference, sigs, save_outputs)
+
     ops = []
     for k, stage in enumerate(STAGES):
         table = {"triton": triton[k],
@@ -231,20 +253,6 @@ def declare(name: str, *, forward: str, backward: str, double_backward: str,
         op = torch.library.custom_op(quals[k], _impl(table), mutates_args=(), schema=schemas[k])
         op.register_fake(_fake(fake[k]))
         ops.append(op)
-
-    autograd = tuple(autograd or (None, None, None))
-    if backward_ref is None and autograd[2] is None:
-        n_out = sigs[0].n_returns
-        n_in = sigs[0].n_tensors + len(save_outputs)
-        n_bwd = sigs[1].n_tensors
-        if reference is None or n_bwd != n_out + n_in or save_outputs:
-            raise ValueError(f"{name}: give backward_ref (the backward does not take just the "
-                             "forward's cotangents and inputs)")
-
-        def backward_ref(*args):
-            cots, inputs, params = args[:n_out], args[n_out:n_bwd], args[n_bwd:]
-            return vjp(lambda *x: reference(*x, *params), inputs,
-                       cots[0] if n_out == 1 else cots)
 
     defaults = (
         lambda: _chain_autograd(sigs[0], ops[1], sigs[1], tuple(save_outputs), materialize_grads),

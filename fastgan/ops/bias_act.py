@@ -115,7 +115,8 @@ def _bias_act_bwd_kernel(u_ptr, v_ptr, m_ptr, out_ptr, part_ptr, C, INNER, n_i_b
                          PARTIAL: tl.constexpr, ACC: tl.constexpr, BLOCK_I: tl.constexpr,
                          BLOCK_C: tl.constexpr):
     """out = (u + v broadcast) * gain * s(mask); with PARTIAL, also this program's per-channel
-    sums of out, into row program_id(1) of the [programs, C] buffer part_ptr."""
+    sums of out, into row program_id(1) of the [programs, C] buffer part_ptr. The backward
+    (u = dy, with PARTIAL for db) and the double backward (u = gg_x, v = gg_b) both run it."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     a = C_.as_acc(alpha, ACC)
