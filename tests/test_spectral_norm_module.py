@@ -174,6 +174,7 @@ def test_sigma_converges_to_matrix_norm(device, backend):
 
 
 def test_layers_and_remove():
+    assert fastgan.nn.utils.spectral_norm is spectral_norm  # the attribute path works too
     torch.manual_seed(2)
     layers = [SNConv2d(3, 4, 3, n_power_iterations=2), SNLinear(5, 6, bias=False),
               SNEmbedding(7, 3, eps=1e-6)]
