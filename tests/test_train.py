@@ -295,3 +295,18 @@ def test_example_script_runs_the_command(tmp_path):
     spec.loader.exec_module(mod)
     summary = mod.main(TINY + ["--out", str(tmp_path / "ex"), "--kimg-per-phase", "0.016"])
     assert summary["steps"] == 6
+
+
+def test_plain_generator_twin_equals_the_generator():
+    """The benchmark's plain-torch G: same keys, same initial weights, same images."""
+    from fastgan.models import Generator, PlainGenerator
+
+    torch.manual_seed(0)
+    fast = Generator(16, fmap_base=64, fmap_max=16, growing=True).double()
+    torch.manual_seed(0)
+    plain = PlainGenerator(16, fmap_base=64, fmap_max=16, growing=True).double()
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert not any(type(m).__module__.startswith("fastgan.nn") for m in plain.modules())
+    z = torch.randn(3, fast.latent_size, dtype=torch.float64)
+    for kw in ({}, {"resolution": 8}, {"alpha": 0.3}):
+        torch.testing.assert_close(plain(z, **kw), fast(z, **kw), rtol=1e-12, atol=1e-12)
