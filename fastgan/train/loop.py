@@ -294,6 +294,8 @@ def run(cfg: TrainConfig) -> dict:
         Trainer.train()'s summary.
     """
     world = setup(cfg.device)
+    if world.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # see --device's help
     try:
         return Trainer(cfg, world).train()
     finally:
