@@ -340,3 +340,11 @@ def test_a_shortened_default_run_learns(tmp_path):
     summary = loop.run(cli.parse_args(["--out", out, "--device", "cpu", "--resolution", "8",
                                        "--kimg-per-phase", "3", "--metric-images", "128"]))
     assert summary["swd_end"] < 0.8 * summary["swd_start"], summary
+
+
+def test_bf16_autocast_and_channels_last_run(tmp_path):
+    out = str(tmp_path / "amp")
+    loop.run(cli.parse_args(TINY + ["--out", out, "--kimg-per-phase", "0.016", "--amp",
+                                    "--channels-last"]))
+    steps = _steps(_records(out))
+    assert len(steps) == 6 and all(math.isfinite(r["loss_d"]) for r in steps)
