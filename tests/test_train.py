@@ -348,3 +348,15 @@ def test_bf16_autocast_and_channels_last_run(tmp_path):
                                     "--channels-last"]))
     steps = _steps(_records(out))
     assert len(steps) == 6 and all(math.isfinite(r["loss_d"]) for r in steps)
+
+
+def test_console_script_exits_0(tmp_path, monkeypatch):
+    """pyproject's fastgan-train entry point; the wrapper passes its return value to sys.exit."""
+    import pathlib
+    import sys
+
+    pyproject = (pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'fastgan-train = "fastgan.train.cli:console_main"' in pyproject
+    monkeypatch.setattr(sys, "argv", ["fastgan-train"] + TINY + [
+        "--out", str(tmp_path / "cs"), "--kimg-per-phase", "0.016"])
+    assert cli.console_main() == 0

@@ -17,7 +17,8 @@ __all__ = ["TrainConfig", "Trainer", "parse_args", "run", "main"]
 
 
 def main(argv=None):
-    """`fastgan-train`'s entry point (see fastgan.train.cli.main)."""
+    """Run the training command in this process (see fastgan.train.cli.main); returns the
+    run's summary."""
     from .cli import main as cli_main
 
     return cli_main(argv)

@@ -31,3 +31,10 @@ def main(argv=None) -> dict | None:
           f"{summary['seconds']:.0f} s; sliced Wasserstein distance {summary['swd_start']:.4f} "
           f"at the start, {summary['swd_end']:.4f} at the end; outputs in {summary['out']}")
     return summary
+
+
+def console_main() -> int:
+    """`fastgan-train`'s entry point: exit status 0 after a finished run (the console-script
+    wrapper passes the return value to sys.exit)."""
+    main()
+    return 0
