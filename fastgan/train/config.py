@@ -133,7 +133,8 @@ def parse_args(argv=None) -> TrainConfig:
     a("--checkpoint-kimg", type=float, default=None,
       help="kimg between checkpoints, besides every phase end (default: half a phase)")
     a("--metric-images", type=int, default=None,
-      help="images per set for the sliced Wasserstein distance (default 2048 GPU, 256 CPU)")
+      help="images per set for the sliced Wasserstein distance (default: 2048 on a GPU, fewer "
+           "above 128x128; 256 on a CPU)")
     a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
       help="continue the run in --out (or from CHECKPOINT) where it stopped")
     ns = p.parse_args(argv)
@@ -167,9 +168,15 @@ def resolve_defaults(cfg: TrainConfig, gpu: bool, world_size: int) -> TrainConfi
         fmap_base=pick(cfg.fmap_base, 8192, 256),
         fmap_max=pick(cfg.fmap_max, 512, 32),
         checkpoint_kimg=cfg.checkpoint_kimg if cfg.checkpoint_kimg is not None else kimg / 2,
-        metric_images=pick(cfg.metric_images, 2048, 256),
+        metric_images=pick(cfg.metric_images, _gpu_metric_images(pick(cfg.resolution, 128, 16)),
+                           256),
         world_size=world_size,
     )
+
+
+def _gpu_metric_images(resolution: int) -> int:
+    """2048 images per set, fewer above 128x128 so that each set stays near 0.5 GiB (>= 256)."""
+    return max(256, min(2048, 2**27 // (3 * resolution * resolution)))
 
 
 def check(cfg: TrainConfig) -> None:

@@ -159,7 +159,7 @@ class Trainer:
         """G_ema's images for latents z at a stage, upsampled (nearest) to the final resolution,
         as the network's output is shown (CPU, fp32)."""
         out = []
-        for chunk in z.split(256):
+        for chunk in z.split(64):
             x = self.G_ema(chunk.to(self.device), resolution=resolution, alpha=alpha).float()
             out.append(F.interpolate(x, size=self.cfg.resolution, mode="nearest").cpu())
         return torch.cat(out)
