@@ -23,7 +23,8 @@ def _blur_direct(img):
     out = np.zeros_like(img)
     for y in range(h):
         for x in range(w):
-            out[y, x] = sum(BINOMIAL[i] * BINOMIAL[j] * img[_mirror(y + i - 2, h), _mirror(x + j - 2, w)]
+            out[y, x] = sum(BINOMIAL[i] * BINOMIAL[j]
+                            * img[_mirror(y + i - 2, h), _mirror(x + j - 2, w)]
                             for i in range(5) for j in range(5))
     return out
 
