@@ -4,6 +4,8 @@
                                           torch, so the extension is not built
     pip install --no-build-isolation .    also compiles fastgan._C against the installed torch
                                           when it is a CUDA build and nvcc is found
+    python setup.py build_ext --inplace   compiles fastgan._C into the checkout's fastgan/
+                                          (with its build record), without installing
 Environment:
     FASTGAN_BUILD_CUDA=1     compile the extension or fail with the reason; =0 never compile it
     TORCH_CUDA_ARCH_LIST     archs to compile for (default: the visible GPUs, else 8.0;9.0+PTX)
@@ -26,17 +28,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 
 
-def _load_build_helpers():
-    # fastgan/build.py imports nothing from fastgan or torch at module level, so it loads by path
-    # here (the package itself may not be importable in the build environment).
-    spec = importlib.util.spec_from_file_location("_fastgan_build_helpers",
-                                                  os.path.join(HERE, "fastgan", "build.py"))
+def _load_build_config():
+    # A leaf module (no fastgan or torch imports), loaded by path: the package itself may not be
+    # importable in the build environment.
+    spec = importlib.util.spec_from_file_location(
+        "_fastgan_build_config", os.path.join(HERE, "fastgan", "_build_config.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-B = _load_build_helpers()
+config = _load_build_config()
 
 
 def _note(message):
@@ -52,7 +54,7 @@ class BuildPy(build_py):
             return  # an editable install finds the checkout's csrc/ directly
         target = os.path.join(self.build_lib, "fastgan", "csrc")
         self.mkpath(target)
-        for path in B.csrc_files(CSRC):
+        for path in config.csrc_files(CSRC):
             self.copy_file(path, os.path.join(target, os.path.basename(path)))
 
 
@@ -63,7 +65,7 @@ def _arch_list(torch):
     caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
                   ) if torch.cuda.is_available() else []
     if not caps:
-        return B.DEFAULT_ARCH_LIST
+        return config.DEFAULT_ARCH_LIST
     return ";".join(f"{major}.{minor}" for major, minor in caps) + "+PTX"
 
 
@@ -88,10 +90,10 @@ def _cuda_extension():
                     "`pip install --no-build-isolation .` to build against the installed torch)")
     if torch.version.cuda is None:
         return skip(f"torch {torch.__version__} is a CPU-only build")
-    cuda_home = B.configure_cuda_home()  # before torch.utils.cpp_extension reads CUDA_HOME
+    cuda_home = config.configure_cuda_home()  # before torch.utils.cpp_extension reads CUDA_HOME
     if cuda_home is None:
         return skip("no CUDA toolkit found (nvcc and its headers); set CUDA_HOME")
-    sources = B.sources(CSRC)
+    sources = config.sources(CSRC)
     if not sources:
         return skip(f"no sources in {CSRC}")
 
@@ -102,8 +104,8 @@ def _cuda_extension():
         "fastgan._C",
         sources=[os.path.relpath(s, HERE) for s in sources],
         include_dirs=[CSRC],
-        extra_compile_args={"cxx": list(B.CXX_FLAGS),
-                            "nvcc": list(B.NVCC_FLAGS) + B.gencode_flags(arch)},
+        extra_compile_args={"cxx": list(config.CXX_FLAGS),
+                            "nvcc": list(config.NVCC_FLAGS) + config.gencode_flags(arch)},
     )
 
     class BuildExt(BuildExtension):
@@ -116,7 +118,7 @@ def _cuda_extension():
                 "torch": torch.__version__,
                 "cuda": torch.version.cuda,
                 "arch_list": arch,
-                "sources": B.source_hash(CSRC),
+                "sources": config.source_hash(CSRC),
                 "cuda_home": cuda_home,
             }
             path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_C_build.json")

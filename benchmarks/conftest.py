@@ -3,7 +3,7 @@
 Each test is one (case, provider): case = op x shape x dtype x pass ("fwd" or "fwdbwd"),
 provider = "eager" (the plain-torch reference), "compile" (torch.compile of the reference),
 "triton", "cuda" (fastgan.functional with that backend). Cases, byte model and timer come from
-`fastgan.bench`, shared with `python -m fastgan.bench`.
+`fastgan.bench` (cases, providers, timing, report), shared with `python -m fastgan.bench`.
 
 On a GPU: ProGAN activation shapes at batch 16 (pixel_norm and bias_act: 512ch at 4..32 px,
 256ch 64 px, 128ch 128 px, 64ch 256 px; minibatch_stddev [16|128, 512, 4, 4]), fp32 and bf16.
@@ -12,7 +12,7 @@ Two timings per row, both honest about the asynchronous GPU:
     with a timer that calls torch.cuda.synchronize() before reading perf_counter, over rounds of
     K back-to-back calls (launch overhead counts; one sync is spread over K calls; L2 warm).
   * extra_info["ms"] is the median of per-call CUDA-event times with the L2 cache flushed before
-    each call (the `triton.testing.do_bench` method BASELINES.md used); extra_info["gbps"] is
+    each call (the `triton.testing.do_bench` method docs/baselines.md used); extra_info["gbps"] is
     extra_info["min_bytes"] / that time. scripts/gpu_check.py reports these.
 Before timing, every non-eager provider's output (and gradients) is compared with eager's on
 the same inputs; a mismatch fails that benchmark, and the numbers are still recorded.
@@ -21,7 +21,8 @@ On CPU: only "eager" runs, at small shapes, timed by pytest-benchmark (perf_coun
 GPU providers are skipped with the reason, and the terminal summary says so. The Triton
 interpreter is never timed.
 
-Options: --fastgan-quick (fewer shapes; or FASTGAN_BENCH_QUICK=1), --fastgan-providers=eager,...,
+Options: --fastgan-quick (fewer shapes; or FASTGAN_BENCH_QUICK=1), --fastgan-largest (only the
+largest shape per op; layers: 64ch 256 px; penalty: 256 px), --fastgan-providers=eager,...,
 --fastgan-dtypes=fp32,bf16, --fastgan-records=PATH (or FASTGAN_BENCH_RECORDS): append one JSON
 line per test (timed or skipped) as it finishes, so an interrupted run still leaves its results.
 """
@@ -49,7 +50,11 @@ if importlib.util.find_spec("fastgan") is None:  # a plain checkout, not install
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fastgan import bench as B  # noqa: E402
+from fastgan.bench.cases import SHORT, make_cases, parse_dtypes, parse_list  # noqa: E402
+from fastgan.bench.providers import (PROVIDERS, backend_scope, base_record,  # noqa: E402
+                                     compare, make_step, provider_status)
+from fastgan.bench.report import environment, format_table  # noqa: E402
+from fastgan.bench.timing import cuda_sync_timer, measure  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -58,7 +63,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("fastgan", "fastgan benchmarks")
     group.addoption("--fastgan-quick", action="store_true", default=False,
                     help="fewer shapes (also FASTGAN_BENCH_QUICK=1)")
-    group.addoption("--fastgan-providers", default=",".join(B.PROVIDERS),
+    group.addoption("--fastgan-largest", action="store_true", default=False,
+                    help="only the largest ProGAN shape per op (what scripts/gpu_check.py runs)")
+    group.addoption("--fastgan-providers", default=",".join(PROVIDERS),
                     help="comma list from eager,compile,triton,cuda")
     group.addoption("--fastgan-dtypes", default="auto",
                     help="comma list (fp32,bf16,fp16); auto: fp32,bf16 (on CPU too, small shapes)")
@@ -66,26 +73,32 @@ def pytest_addoption(parser):
                     help="append one JSON line per benchmark to this file")
 
 
-def _quick(config) -> bool:
-    return config.getoption("--fastgan-quick") or os.environ.get("FASTGAN_BENCH_QUICK", "0") not in ("", "0")
+def shape_set(config) -> str:
+    """The shape set the options ask for: "largest", "quick" or "all" (fastgan.bench.cases);
+    --fastgan-largest wins over --fastgan-quick (or FASTGAN_BENCH_QUICK=1)."""
+    if config.getoption("--fastgan-largest"):
+        return "largest"
+    quick = config.getoption("--fastgan-quick") or \
+        os.environ.get("FASTGAN_BENCH_QUICK", "0") not in ("", "0")
+    return "quick" if quick else "all"
 
 
 def _dtypes(config):
     text = config.getoption("--fastgan-dtypes")
     if text == "auto":
         return [torch.float32, torch.bfloat16]
-    return B._parse_dtypes(text, DEVICE)
+    return parse_dtypes(text, DEVICE)
 
 
 def _providers(config):
-    return B._parse_list(config.getoption("--fastgan-providers"), B.PROVIDERS, "--fastgan-providers")
+    return parse_list(config.getoption("--fastgan-providers"), PROVIDERS, "--fastgan-providers")
 
 
 def pytest_generate_tests(metafunc):
     if "bench_case" not in metafunc.fixturenames:
         return
     op = metafunc.module.OP
-    cases = B.make_cases([op], DEVICE, _dtypes(metafunc.config), _quick(metafunc.config))
+    cases = make_cases([op], DEVICE, _dtypes(metafunc.config), shape_set(metafunc.config))
     providers = _providers(metafunc.config)
     params = [(c, p) for c in cases for p in providers]  # eager first within each case
     metafunc.parametrize(("bench_case", "provider"), params,
@@ -117,7 +130,7 @@ class _Session:
         """Eager outputs (and grads) of `case`, computed once per case (one case held at a time)."""
         if self.ref_key != case.id:
             self.ref_key, self.ref_outs = None, None  # free the previous case first
-            _, check = B.make_step(case, "eager", DEVICE)
+            _, check = make_step(case, "eager", DEVICE)
             self.ref_outs = [t.detach() for t in check()]
             self.ref_key = case.id
         return self.ref_outs
@@ -154,9 +167,9 @@ def _time(benchmark, step, rec: dict) -> None:
     wall clock); CPU, pytest-benchmark's perf_counter rounds. Sets rec["ms"] and rec["gbps"]."""
     est = _warm(step)
     if DEVICE == "cuda":
-        timing = B.measure(step, DEVICE, rep_ms=100.0, warmup_ms=10.0)
+        timing = measure(step, DEVICE, rep_ms=100.0, warmup_ms=10.0)
         rec.update(timing.as_dict())
-        benchmark._timer = B.cuda_sync_timer  # pytest-benchmark's wall clock, synchronized
+        benchmark._timer = cuda_sync_timer  # pytest-benchmark's wall clock, synchronized
         iterations = max(1, min(50, int(1e-3 / est)))
         rounds = max(5, min(30, int(0.1 / (est * iterations))))
         benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=1)
@@ -175,7 +188,7 @@ def run_bench(request):
     session = _SESSION
 
     def run(benchmark, case, provider):
-        rec = B.base_record(case, provider, DEVICE)
+        rec = base_record(case, provider, DEVICE)
         rec["test"] = request.node.nodeid
 
         def skip(reason):
@@ -183,17 +196,17 @@ def run_bench(request):
             session.add(rec)
             pytest.skip(reason)
 
-        ok, why = B.provider_status(provider, DEVICE)
+        ok, why = provider_status(provider, DEVICE)
         if not ok:
             skip(why)
         # GPU: one pytest-benchmark group per case, so the providers sit side by side;
         # CPU (eager only): one group per op.
-        benchmark.group = (f"{case.op} {case.shape_str} {B.SHORT[case.dtype]} {case.pass_}"
+        benchmark.group = (f"{case.op} {case.shape_str} {SHORT[case.dtype]} {case.pass_}"
                            if DEVICE == "cuda" else f"{case.op} (cpu, eager only)")
-        scope = B.backend_scope(provider) if provider in ("triton", "cuda") else contextlib.nullcontext()
+        scope = backend_scope(provider) if provider in ("triton", "cuda") else contextlib.nullcontext()
         with scope:
             try:
-                step, check = B.make_step(case, provider, DEVICE)
+                step, check = make_step(case, provider, DEVICE)
                 ref = None if provider == "eager" else session.reference(case)
                 outs = [t.detach() for t in check()]
             except LookupError as err:  # op not written yet (e.g. bias_act)
@@ -209,7 +222,7 @@ def run_bench(request):
             if ref is None:
                 session.keep_reference(case, outs)  # eager's outputs: the other providers' truth
             else:
-                good, err, what = B.compare(outs, ref, case.dtype)
+                good, err, what = compare(outs, ref, case.dtype)
                 rec["max_abs_err"] = err
                 if not good:
                     mismatch = f"{provider} differs from eager: {what}"
@@ -239,7 +252,7 @@ def run_bench(request):
 # Reporting
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["fastgan"] = B.environment(DEVICE)
+    machine_info["fastgan"] = environment(DEVICE)
 
 
 def pytest_report_header(config):
@@ -289,7 +302,7 @@ def _write_op_summary(tr):
     for r in recs:
         if r["status"] != "skipped":
             continue
-        if r["provider"] != "eager" and not B.provider_status(r["provider"], DEVICE)[0]:
+        if r["provider"] != "eager" and not provider_status(r["provider"], DEVICE)[0]:
             skipped_prov.setdefault(r["provider"], r["reason"])
         else:
             other_skips.setdefault(r["op"], r["reason"])
@@ -309,7 +322,7 @@ def _write_op_summary(tr):
     timed = [r for r in recs if r["status"] != "skipped"]
     if timed:
         tr.write_line("")
-        for line in B.format_table(timed).splitlines():
+        for line in format_table(timed).splitlines():
             tr.write_line(line)
     if session.records_path is not None:
         tr.write_line(f"records: {session.records_path}")

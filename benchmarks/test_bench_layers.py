@@ -11,8 +11,8 @@ a 3x3 conv (padding 1), leaky ReLU 0.2, equalized lr (weight scale sqrt(2)/sqrt(
                    how much of the gain is the fused 4x4 stride-2 form (eager and compile rows
                    repeat those of up / down, for a self-contained table)
 (up and down from 8 px on: ProGAN has no 2 px map; --fastgan-quick: 512ch 32 px, 128ch 128 px,
-64ch 256 px, and no *_unfused kinds). Passes: "fwdbwd" = y = layer(x), then the
-gradients of x, weight and bias for a fixed dy; "gp" = the penalty's path: g = dy-weighted
+64ch 256 px, and no *_unfused kinds; --fastgan-largest: 64ch 256 px, no *_unfused kinds).
+Passes: "fwdbwd" = y = layer(x), then the gradients of x, weight and bias for a fixed dy; "gp" = the penalty's path: g = dy-weighted
 d layer(x)/dx with create_graph, then d sum(g^2)/d(weight, bias).
 Providers, same weights and inputs:
     eager     the layer as usually written in PyTorch: w * scale, (F.interpolate), F.conv2d,
@@ -36,7 +36,7 @@ and the timing is still recorded. Timing as the other suites: on a GPU, ms = med
 time with the L2 flushed (fastgan.bench.measure), TF32 as the process has it (recorded), and
 pytest-benchmark's synchronized wall clock; on CPU only eager runs, at small shapes, timed by
 pytest-benchmark, and the summary says the GPU providers were skipped. Options
-(benchmarks/conftest.py): --fastgan-quick, --fastgan-providers, --fastgan-dtypes,
+(benchmarks/conftest.py): --fastgan-quick, --fastgan-largest, --fastgan-providers, --fastgan-dtypes,
 --fastgan-records=PATH (one JSON line per test, timed or skipped).
 """
 
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import pytest
 import torch
@@ -52,14 +51,17 @@ import torch.nn.functional as F
 
 import fastgan
 import fastgan.functional as FF
-from fastgan import bench as B
+from fastgan.bench.cases import SHORT, parse_dtypes, parse_list
+from fastgan.bench.providers import PROVIDERS, provider_status, tolerance
+from fastgan.bench.report import format_table
+from fastgan.bench.specs import SPECS
+from fastgan.bench.timing import cuda_sync_timer, measure
 from fastgan.nn import EqualConv2d
 from fastgan.ops.bias_act import bias_act_ref
 
-from .conftest import record, summarize_at_end
+from .conftest import record, shape_set, summarize_at_end
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-PROVIDERS = B.PROVIDERS  # eager, compile, triton, cuda
 KINDS = ("conv3x3", "up", "down", "up_unfused", "down_unfused")
 KINDS_QUICK = ("conv3x3", "up", "down")
 LAYER_PASSES = ("fwdbwd", "gp")
@@ -75,16 +77,11 @@ _RESULTS: list[dict] = []
 _COMPILE_GP_FAILURE: list[str] = []  # torch.compile's double-backward error, met once per session
 
 
-def _quick(config) -> bool:
-    env = os.environ.get("FASTGAN_BENCH_QUICK", "0")
-    return config.getoption("--fastgan-quick") or env not in ("", "0")
-
-
 def _dtypes(config) -> list[torch.dtype]:
     text = config.getoption("--fastgan-dtypes")
     if text == "auto":
         return [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
-    return B._parse_dtypes(text, DEVICE)
+    return parse_dtypes(text, DEVICE)
 
 
 def _batch() -> int:
@@ -92,10 +89,13 @@ def _batch() -> int:
 
 
 def _shapes(config):
-    quick = _quick(config)
-    if DEVICE == "cuda":
-        return GPU_SHAPES_QUICK if quick else GPU_SHAPES
-    return CPU_SHAPES_QUICK if quick else CPU_SHAPES
+    """(channels, resolution) pairs of the shape set the options ask for."""
+    chosen = shape_set(config)
+    full, quick = ((GPU_SHAPES, GPU_SHAPES_QUICK) if DEVICE == "cuda"
+                   else (CPU_SHAPES, CPU_SHAPES_QUICK))
+    if chosen == "largest":
+        return [max(full, key=lambda cr: cr[0] * cr[1] ** 2)]
+    return quick if chosen == "quick" else full
 
 
 def pytest_generate_tests(metafunc):
@@ -103,9 +103,9 @@ def pytest_generate_tests(metafunc):
     if "layer_case" not in names and "bias_act_case" not in names:
         return
     config = metafunc.config
-    providers = B._parse_list(config.getoption("--fastgan-providers"), PROVIDERS,
+    providers = parse_list(config.getoption("--fastgan-providers"), PROVIDERS,
                               "--fastgan-providers")
-    kinds = KINDS_QUICK if _quick(config) else KINDS
+    kinds = KINDS if shape_set(config) == "all" else KINDS_QUICK
     params, ids = [], []
     for c, r in _shapes(config):
         for dt in _dtypes(config):
@@ -116,12 +116,12 @@ def pytest_generate_tests(metafunc):
                     for pass_ in LAYER_PASSES:
                         for p in providers:
                             params.append(((kind, c, r, dt, pass_), p))
-                            ids.append(f"{kind}-{c}ch-{r}px-{B.SHORT[dt]}-{pass_}-{p}")
+                            ids.append(f"{kind}-{c}ch-{r}px-{SHORT[dt]}-{pass_}-{p}")
             else:
                 for pass_ in BIAS_ACT_PASSES:
                     for p in providers:
                         params.append(((c, r, dt, pass_), p))
-                        ids.append(f"{c}ch-{r}px-{B.SHORT[dt]}-{pass_}-{p}")
+                        ids.append(f"{c}ch-{r}px-{SHORT[dt]}-{pass_}-{p}")
     metafunc.parametrize(("layer_case" if "layer_case" in names else "bias_act_case", "provider"),
                          params, ids=ids)
 
@@ -226,7 +226,7 @@ def _bias_act_step(c, r, dtype, pass_, provider):
             return [y] if pass_ == "fwd" else [y, *torch.autograd.grad(y, (x, b), dy)]
 
     item = torch.empty((), dtype=dtype).element_size()
-    info = {"min_bytes": B.SPECS["bias_act"].min_bytes(shape, item, pass_), "shape": list(shape),
+    info = {"min_bytes": SPECS["bias_act"].min_bytes(shape, item, pass_), "shape": list(shape),
             "names": ["y", "dx", "db"], "nominal_flops": 0}
     return run, info
 
@@ -258,7 +258,7 @@ def _reference(key, make):
 
 
 def _compare(got, want, names, dtype):
-    atol, rtol = B.tolerance(dtype)
+    atol, rtol = tolerance(dtype)
     worst, bad = 0.0, []
     for a, b, name in zip(got, want, names):
         a32 = a.detach().float()
@@ -276,19 +276,19 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
     """Check `make(provider)`'s step against eager's, then time it; record either way."""
     config = request.config
     run, info = None, None
-    rec = {"op": op, "shape": shape, "dtype": B.SHORT[dtype], "pass": pass_, "provider": provider,
+    rec = {"op": op, "shape": shape, "dtype": SHORT[dtype], "pass": pass_, "provider": provider,
            "device": DEVICE, "status": "ok", "test": request.node.nodeid,
-           "byte_model": ("bias_act: " + B.SPECS["bias_act"].byte_model) if op == "bias_act_cl"
+           "byte_model": ("bias_act: " + SPECS["bias_act"].byte_model) if op == "bias_act_cl"
            else "layer fwdbwd: 3|x| + 2|y| of activations (weights not counted); gp: none",
            "tf32": bool(torch.backends.cudnn.allow_tf32) if DEVICE == "cuda" else None}
-    benchmark.group = f"{op} {'x'.join(map(str, shape))} {B.SHORT[dtype]} {pass_}"
+    benchmark.group = f"{op} {'x'.join(map(str, shape))} {SHORT[dtype]} {pass_}"
 
     def skip(reason):
         rec.update(status="skipped", reason=reason, min_bytes=0)
         record(rec, config, _RESULTS)
         pytest.skip(reason)
 
-    ok, why = B.provider_status(provider, DEVICE)
+    ok, why = provider_status(provider, DEVICE)
     if not ok:
         skip(why)
     if provider == "compile" and pass_ == "gp" and _COMPILE_GP_FAILURE:
@@ -321,9 +321,9 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
         record(rec, config, _RESULTS)
         raise
     if DEVICE == "cuda":
-        timing = B.measure(run, DEVICE, rep_ms=100.0, warmup_ms=10.0)
+        timing = measure(run, DEVICE, rep_ms=100.0, warmup_ms=10.0)
         rec.update(timing.as_dict())
-        benchmark._timer = B.cuda_sync_timer
+        benchmark._timer = cuda_sync_timer
         iterations = max(1, min(50, int(1.0 / max(rec["ms"], 1e-3))))
         benchmark.pedantic(run, rounds=10, iterations=iterations, warmup_rounds=1)
     else:
@@ -332,10 +332,10 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
         if st is not None:
             rec.update(ms=st.median * 1e3, ms_min=st.min * 1e3, reps=5,
                        timer="perf_counter (pytest-benchmark median)")
-    if "ms" in rec:
+    if "ms" in rec and rec["min_bytes"]:  # no byte model (the gp pass): no GB/s
         rec["gbps"] = rec["min_bytes"] / (rec["ms"] * 1e-3) / 1e9
-        if info["nominal_flops"]:
-            rec["nominal_tflops"] = info["nominal_flops"] / (rec["ms"] * 1e-3) / 1e12
+    if "ms" in rec and info["nominal_flops"]:
+        rec["nominal_tflops"] = info["nominal_flops"] / (rec["ms"] * 1e-3) / 1e12
     benchmark.extra_info.update({k: rec[k] for k in (
         "op", "shape", "dtype", "pass", "provider", "device", "status", "min_bytes", "ms", "gbps",
         "nominal_tflops", "max_abs_err", "tf32", "reason") if k in rec})
@@ -355,7 +355,7 @@ def _cuda_has(op_name: str) -> bool:
 
 def test_layer(benchmark, layer_case, provider, request):
     kind, c, r, dtype, pass_ = layer_case
-    key = ("layer", kind, c, r, B.SHORT[dtype], pass_)
+    key = ("layer", kind, c, r, SHORT[dtype], pass_)
     r_in = r // 2 if kind.startswith("up") else r
     _run(benchmark, request, f"layer_{kind}", key, [_batch(), c, r_in, r_in],
          lambda p: _layer_step(kind, c, r, dtype, pass_, p), dtype, pass_, provider)
@@ -363,7 +363,7 @@ def test_layer(benchmark, layer_case, provider, request):
 
 def test_bias_act_channels_last(benchmark, bias_act_case, provider, request):
     c, r, dtype, pass_ = bias_act_case
-    key = ("bias_act_cl", c, r, B.SHORT[dtype], pass_)
+    key = ("bias_act_cl", c, r, SHORT[dtype], pass_)
     _run(benchmark, request, "bias_act_cl", key, [_batch(), c, r, r],
          lambda p: _bias_act_step(c, r, dtype, pass_, p), dtype, pass_, provider)
 
@@ -377,7 +377,7 @@ def _write_summary(tr):
     for r in _RESULTS:
         if r["status"] != "skipped":
             continue
-        if r["provider"] != "eager" and not B.provider_status(r["provider"], DEVICE)[0]:
+        if r["provider"] != "eager" and not provider_status(r["provider"], DEVICE)[0]:
             skipped.setdefault(r["provider"], r["reason"])
         else:
             other.setdefault(f"{r['op']} {r['pass']} {r['provider']}", r["reason"])
@@ -398,7 +398,7 @@ def _write_summary(tr):
     timed = [r for r in _RESULTS if "ms" in r]
     if timed:
         tr.write_line("")
-        for line in B.format_table(timed).splitlines():
+        for line in format_table(timed).splitlines():
             tr.write_line(line)
 
 

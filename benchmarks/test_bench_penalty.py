@@ -26,11 +26,12 @@ one step, weights and inputs included), the relative error ||grad - grad64|| / |
 concatenated parameter gradients and of the loss against an fp64 eager run on the same weights
 (TF32 mode as the process has it: recorded in "tf32"), and what happened ("status"/"reason").
 A fastgan provider fails when its gradient error exceeds 10x eager's (and 1e-2): the error itself
-is the thing to read, since TF32 and bf16 make every path approximate (BASELINES.md).
+is the thing to read, since TF32 and bf16 make every path approximate (docs/baselines.md).
 
 On CPU only "eager" runs, at the tiny resolution, timed with perf_counter by pytest-benchmark;
 every other provider is skipped with the reason (timed on a GPU only), and the module's summary
-says so. Options (benchmarks/conftest.py): --fastgan-quick (GPU: 256 only, official order),
+says so. Options (benchmarks/conftest.py): --fastgan-quick or --fastgan-largest (GPU: 256 px only,
+official order: the fp32 and bf16 rows scripts/gpu_check.py runs),
 --fastgan-dtypes=fp32,bf16, --fastgan-providers (names above; "compile" also selects
 compile_workaround and triton_compile), --fastgan-records=PATH.
 """
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 
 import pytest
@@ -47,26 +47,26 @@ import torch
 
 import fastgan
 import fastgan.penalties as P
-from fastgan import bench as B
+from fastgan.bench.cases import SHORT, parse_dtypes
+from fastgan.bench.providers import provider_status
+from fastgan.bench.timing import cuda_sync_timer, measure
 from fastgan.models import Discriminator, PlainDiscriminator
 
-from .conftest import record, summarize_at_end
+from .conftest import record, shape_set, summarize_at_end
 
 OP = "d_step_gp"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-PROVIDERS = ("eager", "compile", "compile_workaround", "triton", "triton_cl", "triton_compile",
-             "cuda", "cuda_cl")
+# In the order they run (per resolution and layer order, each for every dtype): eager first (the
+# others' gradient error is judged against it), then fastgan and the best workaround without it,
+# so that a run cut short has the comparison that matters; the compiled variants last.
+PROVIDERS = ("eager", "triton", "cuda", "compile_workaround", "triton_cl", "cuda_cl",
+             "triton_compile", "compile")
 GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GPU_WIDTHS, CPU_WIDTHS = dict(fmap_base=8192, fmap_max=512), dict(fmap_base=64, fmap_max=16)
 GP_WEIGHT, DRIFT = 10.0, 1e-3
 
 _RESULTS: list[dict] = []
 _FP64: dict = {}  # (res, order) -> (loss, grads) of the fp64 eager step
-
-
-def _quick(config) -> bool:
-    env = os.environ.get("FASTGAN_BENCH_QUICK", "0")
-    return config.getoption("--fastgan-quick") or env not in ("", "0")
 
 
 def _selected_providers(config) -> list[str]:
@@ -84,24 +84,24 @@ def _dtypes(config) -> list[torch.dtype]:
     if DEVICE == "cpu":
         return [torch.float32]
     text = config.getoption("--fastgan-dtypes")
-    return [torch.float32, torch.bfloat16] if text == "auto" else B._parse_dtypes(text, DEVICE)
+    return [torch.float32, torch.bfloat16] if text == "auto" else parse_dtypes(text, DEVICE)
 
 
 def pytest_generate_tests(metafunc):
     if "penalty_case" not in metafunc.fixturenames:
         return
-    quick = _quick(metafunc.config)
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if quick else GPU_RES)
-    orders = ("official",) if quick or DEVICE == "cpu" else ("official", "port")
+    short = shape_set(metafunc.config) != "all"  # quick or largest: 256 px, official order
+    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if short else GPU_RES)
+    orders = ("official",) if short or DEVICE == "cpu" else ("official", "port")
     params, ids = [], []
     for r in res:
-        for dt in _dtypes(metafunc.config):
-            for order in orders:
-                for p in _selected_providers(metafunc.config):
-                    if order == "port" and p == "compile":
-                        continue  # the naive compile's outcome does not depend on the order
+        for order in orders:
+            for p in _selected_providers(metafunc.config):
+                if order == "port" and p == "compile":
+                    continue  # the naive compile's outcome does not depend on the order
+                for dt in _dtypes(metafunc.config):
                     params.append(((r, dt, order), p))
-                    ids.append(f"{r}-{B.SHORT[dt]}-{order}-{p}")
+                    ids.append(f"{r}-{SHORT[dt]}-{order}-{p}")
     metafunc.parametrize(("penalty_case", "provider"), params, ids=ids)
 
 
@@ -236,7 +236,7 @@ def _skip_reason(provider) -> str | None:
         return ("no CUDA GPU present (torch.cuda.is_available() is False): torch.compile and "
                 "fastgan's kernels are timed on a GPU only")
     if provider.startswith("cuda"):
-        ok, why = B.provider_status("cuda", DEVICE)
+        ok, why = provider_status("cuda", DEVICE)
         if not ok:
             return why
         from fastgan import _backend
@@ -244,7 +244,7 @@ def _skip_reason(provider) -> str | None:
         if not _backend.has_cuda_kernels("grad_penalty"):
             return "the CUDA extension has no grad_penalty kernels yet"
     if provider.startswith("triton"):
-        ok, why = B.provider_status("triton", DEVICE)
+        ok, why = provider_status("triton", DEVICE)
         if not ok:
             return why
     return None
@@ -255,13 +255,13 @@ def _skip_reason(provider) -> str | None:
 def test_d_step_gradient_penalty(benchmark, penalty_case, provider, request):
     res, dtype, order = penalty_case
     n = _batch(res)
-    rec = {"op": OP, "shape": [n, 3, res, res], "dtype": B.SHORT[dtype],
+    rec = {"op": OP, "shape": [n, 3, res, res], "dtype": SHORT[dtype],
            "pass": f"D step, {order} order", "provider": provider, "device": DEVICE,
            "status": "ok", "min_bytes": 0,
            "byte_model": "compute-bound (convolutions and their double backward): no byte floor",
            "test": request.node.nodeid,
            "tf32": bool(torch.backends.cudnn.allow_tf32) if DEVICE == "cuda" else None}
-    benchmark.group = f"D step + GP {res}px {B.SHORT[dtype]} {order}"
+    benchmark.group = f"D step + GP {res}px {SHORT[dtype]} {order}"
 
     def skip(reason):
         rec.update(status="skipped", reason=reason)
@@ -309,14 +309,14 @@ def test_d_step_gradient_penalty(benchmark, penalty_case, provider, request):
             rec.update(status="mismatch", reason=failure)
 
     if DEVICE == "cuda":
-        timing = B.measure(step, DEVICE, warmup_ms=200.0, rep_ms=1000.0)
+        timing = measure(step, DEVICE, warmup_ms=200.0, rep_ms=1000.0)
         rec.update(timing.as_dict())
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
         rec["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        benchmark._timer = B.cuda_sync_timer
+        benchmark._timer = cuda_sync_timer
         rounds = max(3, min(20, int(1.0 / max(rec["ms"] * 1e-3, 1e-4))))
         benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
     else:

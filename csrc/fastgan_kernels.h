@@ -2,8 +2,8 @@
 //
 // This header (and every .cu file in csrc/) includes no torch header: kernels take raw pointers,
 // sizes, int64 element strides (stride 0 allowed), a dtype tag and a cudaStream_t, and return a
-// cudaError_t (the launch status from cudaGetLastError). The one torch-aware file is
-// bindings.cpp, which checks tensors, allocates outputs and calls these functions.
+// cudaError_t (the launch status from cudaGetLastError). The torch-aware files are the
+// csrc/bind_<op>.cpp, which check tensors, allocate outputs and call these functions.
 //
 // Conventions shared by all ops:
 //   * every tensor argument is a view struct: a data pointer and one int64 element stride per
@@ -13,8 +13,8 @@
 //   * reductions use no atomics: results are bitwise reproducible for a given shape and layout;
 //   * zero-sized problems are a no-op returning cudaSuccess.
 //
-// Adding an op: write csrc/<op>.cu implementing functions declared in a new section below, add
-// the binding in bindings.cpp (one function + one m.impl line) and its schema in fastgan/_ext.py.
+// Adding an op: write csrc/<op>.cu implementing functions declared in a new section below, its
+// binding in csrc/bind_<op>.cpp (see binding_utils.h) and its schemas in fastgan/_ext.py.
 #pragma once
 
 #include <cstddef>

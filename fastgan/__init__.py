@@ -6,7 +6,7 @@
         ...
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from ._backend import (  # noqa: E402
     BACKENDS,
@@ -18,7 +18,7 @@ from ._backend import (  # noqa: E402
 )
 from . import functional, nn  # noqa: E402
 
-_LAZY = ("losses", "penalties")  # penalties imports torch._dynamo (~1 s): only when used
+_LAZY = ("compat", "losses", "penalties")  # penalties imports torch._dynamo (~1 s): only when used
 
 
 def __getattr__(name):
@@ -26,10 +26,14 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "convert":
+        from .compat import convert
+
+        return convert
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "BACKENDS", "BackendFallbackWarning", "available_backends", "get_backend", "set_backend",
-    "use_backend", "functional", "losses", "nn", "penalties", "__version__",
+    "use_backend", "compat", "convert", "functional", "losses", "nn", "penalties", "__version__",
 ]

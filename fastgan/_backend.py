@@ -23,6 +23,9 @@ import warnings
 
 import torch
 
+# Looked up once: dynamo (torch 2.11) refuses to trace importlib, and triton is not imported here.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
 BACKENDS = ("auto", "cuda", "triton", "ref")
 KERNEL_BACKENDS = ("triton", "cuda")
 
@@ -72,7 +75,7 @@ def triton_interpreter_on() -> bool:
 
 
 def _triton_status(device_type: str) -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return False, "triton is not installed"
     if device_type == "cuda":
         return True, "Triton kernels on CUDA tensors"
@@ -129,26 +132,50 @@ def _auto_choice() -> str:
     return _auto_gpu_choice
 
 
-def resolve(tensor: torch.Tensor, op: str) -> str:
-    """The concrete backend ("ref" | "triton" | "cuda") that runs `op` on `tensor` now."""
-    return _resolve(get_backend(), tensor.device.type, op)
+def resolve(tensor: torch.Tensor, op: str, *, kernels: bool = True) -> str:
+    """The concrete backend that runs `op` on `tensor` now.
+
+    Args:
+        tensor: the op's main input (its device decides "auto").
+        op: the op's name, e.g. "pixel_norm" (its CUDA kernels: fastgan_cuda::<op>_forward, ...).
+        kernels: False for an op whose non-reference path is made of torch ops only (conv2d):
+            every backend can run it, on any device; "auto" off CUDA still gives "ref".
+
+    Returns:
+        "ref" | "triton" | "cuda". Raises RuntimeError, saying why, when the requested backend
+        cannot run `op` on this tensor.
+    """
+    return _resolve(get_backend(), tensor.device.type, op, kernels)
+
+
+def _compile_constant(fn):
+    """`torch.compiler.assume_constant_result(fn)` without importing torch._dynamo (~1.5 s, which
+    that function imports first): under torch.compile, dynamo calls `fn` at trace time and bakes
+    its result into the graph instead of tracing it. The decorator only sets this attribute
+    (torch 2.0 to 2.14); tests/test_import.py checks that it still does."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 # Under torch.compile the choice is made once at trace time and baked into the graph (dynamo
-# guards on the requested backend and the device); tracing through it instead would reach
-# importlib and the extension loader, which dynamo refuses in fullgraph mode (torch 2.11).
-@torch.compiler.assume_constant_result
-def _resolve(name: str, device: str, op: str) -> str:
+# guards on the requested backend and the device); tracing through it instead would reach the
+# extension loader, warnings and dispatcher queries, which dynamo refuses in fullgraph mode.
+@_compile_constant
+def _resolve(name: str, device: str, op: str, kernels: bool) -> str:
     if name == "ref":
         return "ref"
     if name == "auto":
         if device != "cuda":
             return "ref"
+        if not kernels:
+            return "cuda"
         if _auto_choice() == "cuda":
             if has_cuda_kernels(op):
                 return "cuda"
             _warn_once(f"{op}-cuda", f"fastgan: {_missing_kernels(op)}; using Triton kernels.")
         return "triton"
+    if not kernels:
+        return name
     if device not in ("cuda", "cpu"):
         raise RuntimeError(f"fastgan backend {name!r} cannot run {op} on {device} tensors")
     if name == "triton":

@@ -32,11 +32,15 @@ import threading
 
 import torch
 
+from . import _build_config as config
+from ._version import __version__
+
 NAMESPACE = "fastgan_cuda"
 
-#: Schemas of the ops csrc/bindings.cpp implements for the CUDA dispatch key. Adding an op: add
-#: its schema(s) here and its m.impl line(s) in csrc/bindings.cpp. Call them as
-#: torch.ops.fastgan_cuda.<name>(...) on CUDA tensors once load() has succeeded.
+#: Schemas of the ops csrc/bind_<op>.cpp implement for the CUDA dispatch key. Adding an op: add
+#: its schema(s) here and its m.impl line(s) in its csrc/bind_<op>.cpp (the rule for its CUDA
+#: sources: fastgan/_build_config.py). Call them as torch.ops.fastgan_cuda.<name>(...) on CUDA
+#: tensors once load() has succeeded.
 SCHEMAS = (
     "pixel_norm_forward(Tensor x, float eps, int dim) -> Tensor",
     "pixel_norm_backward(Tensor grad, Tensor x, float eps, int dim) -> Tensor",
@@ -69,7 +73,7 @@ SCHEMAS = (
 #: Qualified names of the ops, e.g. "fastgan_cuda::pixel_norm_forward".
 OPS = tuple(f"{NAMESPACE}::{s.split('(', 1)[0]}" for s in SCHEMAS)
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_PKG_DIR = os.path.dirname(os.path.realpath(__file__))
 _AOT_MODULE = "fastgan._C"
 _AOT_RECORD = "_C_build.json"
 _CACHE_RECORD = "build.json"
@@ -107,18 +111,6 @@ define_schemas()
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def _build_helpers():
-    from . import build
-
-    return build
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
 
 @functools.lru_cache(maxsize=None)
 def _nvml_capability() -> tuple[int, int] | None:
@@ -169,7 +161,7 @@ def _target_arch(allow_cuda_init: bool) -> tuple[str | None, str]:
     env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
     if env and env != "native":
         try:
-            _build_helpers().parse_arch_list(env)
+            config.parse_arch_list(env)
         except ValueError as err:
             return None, f"TORCH_CUDA_ARCH_LIST is invalid: {err}"
         return env, "TORCH_CUDA_ARCH_LIST"
@@ -183,7 +175,7 @@ def _target_arch(allow_cuda_init: bool) -> tuple[str | None, str]:
 
 
 def _arch_tag(arch_list: str) -> str:
-    parts = _build_helpers().parse_arch_list(arch_list)
+    parts = config.parse_arch_list(arch_list)
     return "sm" + "_".join(f"{a}{b}{'ptx' if p else ''}" for a, b, p in parts)
 
 
@@ -197,15 +189,14 @@ def _cache_root() -> str:
 
 def _cache_location(allow_cuda_init: bool) -> tuple[str | None, str | None, str]:
     """(cache dir for this exact key, target arch list, why) or (None, None, why)."""
-    build = _build_helpers()
-    src = build.source_hash()
+    src = config.source_hash()
     if src is None:
         return None, None, "this install has no CUDA sources (csrc) to build from"
     arch, why = _target_arch(allow_cuda_init)
     if arch is None:
         return None, None, why
     py = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    key = (f"fastgan{_version()}-torch{torch.__version__}-cuda{torch.version.cuda}-{py}-"
+    key = (f"fastgan{__version__}-torch{torch.__version__}-cuda{torch.version.cuda}-{py}-"
            f"{_arch_tag(arch)}-{src}")
     return os.path.join(_cache_root(), key), arch, key
 
@@ -234,6 +225,10 @@ def _aot_status(allow_cuda_init: bool) -> tuple[bool, str]:
     spec = importlib.util.find_spec(_AOT_MODULE)
     if spec is None or not spec.origin:
         return False, f"{_AOT_MODULE} was not built at install"
+    # An editable install's finder serves fastgan._C from its own checkout to any other copy of
+    # the package (a git worktree) that lacks one: only a library beside this package is ours.
+    if os.path.dirname(os.path.realpath(spec.origin)) != _PKG_DIR:
+        return False, f"{_AOT_MODULE} at {spec.origin} belongs to another copy of fastgan"
     try:
         with open(os.path.join(os.path.dirname(spec.origin), _AOT_RECORD)) as fh:
             record = json.load(fh)
@@ -243,11 +238,11 @@ def _aot_status(allow_cuda_init: bool) -> tuple[bool, str]:
     if built_torch != torch.__version__ or built_cuda != torch.version.cuda:
         return False, (f"{_AOT_MODULE} was built against torch {built_torch} (CUDA {built_cuda}), "
                        f"this is torch {torch.__version__} (CUDA {torch.version.cuda})")
-    src = _build_helpers().source_hash()
+    src = config.source_hash()
     if src is not None and record.get("sources") not in (None, src):
         return False, f"{_AOT_MODULE} is stale: csrc changed since it was built"
     cap = _device_capability(allow_cuda_init)
-    if cap is not None and not _build_helpers().arch_runs_on(arch, cap):
+    if cap is not None and not config.arch_runs_on(arch, cap):
         return False, f"{_AOT_MODULE} was built for CUDA archs {arch}, the GPU is sm_{cap[0]}{cap[1]}"
     return True, f"{_AOT_MODULE} built at install for CUDA archs {arch} ({spec.origin})"
 
@@ -335,8 +330,7 @@ def _compiler_messages(log: str, limit: int = 6000) -> str:
 
 
 def _build_into(directory: str, arch: str, verbose: bool) -> str:
-    build = _build_helpers()
-    cuda_home = build.configure_cuda_home()
+    cuda_home = config.configure_cuda_home()
     if cuda_home is None:
         raise RuntimeError(
             "fastgan CUDA extension: cannot build, no CUDA toolkit found (no nvcc with its "
@@ -359,11 +353,11 @@ def _build_into(directory: str, arch: str, verbose: bool) -> str:
               f"{arch} into {directory}", file=sys.stderr)
         try:
             path = cpp_extension.load(
-                name=build.JIT_NAME,
-                sources=build.sources(),
-                extra_cflags=build.CXX_FLAGS,
-                extra_cuda_cflags=build.NVCC_FLAGS + build.gencode_flags(arch),
-                extra_include_paths=[build.csrc_dir()],
+                name=config.JIT_NAME,
+                sources=config.sources(),
+                extra_cflags=config.CXX_FLAGS,
+                extra_cuda_cflags=config.NVCC_FLAGS + config.gencode_flags(arch),
+                extra_include_paths=[config.csrc_dir()],
                 build_directory=directory,
                 verbose=verbose,
                 with_cuda=True,
@@ -376,11 +370,11 @@ def _build_into(directory: str, arch: str, verbose: bool) -> str:
                 f"{_compiler_messages(str(err))}") from None
         record = {
             "library": os.path.basename(path),
-            "fastgan": _version(),
+            "fastgan": __version__,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "arch_list": arch,
-            "sources": build.source_hash(),
+            "sources": config.source_hash(),
         }
         tmp = os.path.join(directory, _CACHE_RECORD + ".tmp")
         with open(tmp, "w") as fh:

@@ -1,4 +1,8 @@
-"""torch.nn.functional-style entry points of every fastgan op."""
+"""torch.nn.functional-style entry points of every fastgan op (docstrings: Args / Returns).
+
+Each runs on the backend `fastgan._backend.resolve` picks for its input ("ref" | "triton" |
+"cuda"; see fastgan.set_backend) and is differentiable to any order.
+"""
 
 from .ops.minibatch_stddev import minibatch_stddev
 from .ops.pixel_norm import pixel_norm

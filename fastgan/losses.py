@@ -1,4 +1,4 @@
-"""GAN losses from the literature, as functions of discriminator scores (REFERENCES.md).
+"""GAN losses from the literature, as functions of discriminator scores (docs/math.md).
 
 Naming: `<family>_d_loss(real_scores, fake_scores, ...)` is the discriminator's (critic's)
 loss and `<family>_g_loss(fake_scores, ...)` the generator's; both are minimized. Relativistic
@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _checks
+
 __all__ = [
     "logistic_d_loss", "logistic_g_loss", "logistic_saturating_g_loss",
     "wgan_d_loss", "wgan_g_loss", "clip_weights",
@@ -40,34 +42,56 @@ __all__ = [
 ]
 
 
-def _f(scores: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got "
-                        f"{getattr(scores, 'dtype', type(scores).__name__)}")
-    if scores.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(scores.shape)})")
-    return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+_f = _checks.scores
 
+
+def _k(k) -> float:
+    """BEGAN's k as a float in [0, 1]; a one-element tensor is read once (a host sync)."""
+    if isinstance(k, torch.Tensor) and k.numel() == 1 and not k.requires_grad:
+        k = k.item()
+    return _checks.number(k, "k", low=0.0, high=1.0)
 
 # --- non-saturating logistic (Goodfellow et al. 2014; label smoothing: Salimans et al. 2016)
 
 def logistic_d_loss(real_scores, fake_scores, *, real_target: float = 1.0) -> torch.Tensor:
     """mean BCE(sigmoid(D(x)), real_target) + mean BCE(sigmoid(D(x~)), 0):
-    real_target 1: softplus(-D(x)) + softplus(D(x~)); one-sided label smoothing: 0.9."""
+    real_target 1: softplus(-D(x)) + softplus(D(x~)); one-sided label smoothing: 0.9.
+
+    Args:
+        real_scores: D's logits on real images, a non-empty float tensor, batch first.
+        fake_scores: D's logits on generated images, the same (the batch may differ).
+        real_target: the label of the real images, in [0, 1].
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores, else the scores' dtype).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    if not 0.0 <= real_target <= 1.0:
-        raise ValueError(f"real_target must be in [0, 1], got {real_target}")
+    real_target = _checks.number(real_target, "real_target", low=0.0, high=1.0)
     real_term = real_target * F.softplus(-r) + (1.0 - real_target) * F.softplus(r)
     return real_term.mean() + F.softplus(f).mean()
 
 
 def logistic_g_loss(fake_scores) -> torch.Tensor:
-    """Non-saturating: mean softplus(-D(x~)) = -log sigmoid(D(x~))."""
+    """Non-saturating: mean softplus(-D(x~)) = -log sigmoid(D(x~)).
+
+    Args:
+        fake_scores: D's logits on generated images, a non-empty float tensor, batch first.
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     return F.softplus(-_f(fake_scores, "fake_scores")).mean()
 
 
 def logistic_saturating_g_loss(fake_scores) -> torch.Tensor:
-    """The original minimax G loss: mean log(1 - sigmoid(D(x~))) = -softplus(D(x~))."""
+    """The original minimax G loss: mean log(1 - sigmoid(D(x~))) = -softplus(D(x~)).
+
+    Args:
+        fake_scores: D's logits on generated images, a non-empty float tensor, batch first.
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     return -F.softplus(_f(fake_scores, "fake_scores")).mean()
 
 
@@ -75,21 +99,44 @@ def logistic_saturating_g_loss(fake_scores) -> torch.Tensor:
 
 def wgan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     """mean D(x~) - mean D(x). Add fastgan.penalties.gradient_penalty for WGAN-GP (and
-    drift_penalty for ProGAN), or call clip_weights after each critic step."""
+    drift_penalty for ProGAN), or call clip_weights after each critic step.
+
+    Args:
+        real_scores: critic values on real images, a non-empty float tensor, batch first.
+        fake_scores: critic values on generated images, the same (the batch may differ).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     return _f(fake_scores, "fake_scores").mean() - _f(real_scores, "real_scores").mean()
 
 
 def wgan_g_loss(fake_scores) -> torch.Tensor:
-    """-mean D(x~)."""
+    """-mean D(x~).
+
+    Args:
+        fake_scores: critic values on generated images, a non-empty float tensor, batch first.
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     return -_f(fake_scores, "fake_scores").mean()
 
 
 @torch.no_grad()
 def clip_weights(module: nn.Module, c: float = 0.01) -> None:
     """Clamp every parameter of `module` to [-c, c] in place (WGAN's critic constraint, applied
-    after every critic step; the paper uses c = 0.01)."""
-    if not c > 0:
-        raise ValueError(f"c must be > 0, got {c}")
+    after every critic step; the paper uses c = 0.01).
+
+    Args:
+        module: the critic, a torch.nn.Module (all its parameters are clamped).
+        c: the bound, a finite number > 0.
+
+    Returns:
+        None; the parameters change in place.
+    """
+    _checks.module(module, "module")
+    c = _checks.number(c, "c", low=0.0, low_open=True)
     for p in module.parameters():
         p.clamp_(-c, c)
 
@@ -97,52 +144,119 @@ def clip_weights(module: nn.Module, c: float = 0.01) -> None:
 # --- LSGAN (Mao et al. 2017)
 
 def lsgan_d_loss(real_scores, fake_scores, *, a: float = 0.0, b: float = 1.0) -> torch.Tensor:
-    """1/2 mean (D(x) - b)^2 + 1/2 mean (D(x~) - a)^2."""
+    """1/2 mean (D(x) - b)^2 + 1/2 mean (D(x~) - a)^2.
+
+    Args:
+        real_scores: D's outputs on real images, a non-empty float tensor, batch first.
+        fake_scores: D's outputs on generated images, the same (the batch may differ).
+        a, b: the targets of fake and real images (finite numbers).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
+    a, b = _checks.number(a, "a"), _checks.number(b, "b")
     return 0.5 * (r - b).square().mean() + 0.5 * (f - a).square().mean()
 
 
 def lsgan_g_loss(fake_scores, *, c: float = 1.0) -> torch.Tensor:
-    """1/2 mean (D(x~) - c)^2."""
-    return 0.5 * (_f(fake_scores, "fake_scores") - c).square().mean()
+    """1/2 mean (D(x~) - c)^2.
+
+    Args:
+        fake_scores: D's outputs on generated images, a non-empty float tensor, batch first.
+        c: the value G wants D to believe for fakes (a finite number).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
+    f = _f(fake_scores, "fake_scores")
+    return 0.5 * (f - _checks.number(c, "c")).square().mean()
 
 
 # --- hinge (Lim & Ye 2017; SAGAN, BigGAN)
 
 def hinge_d_loss(real_scores, fake_scores) -> torch.Tensor:
-    """mean relu(1 - D(x)) + mean relu(1 + D(x~))."""
+    """mean relu(1 - D(x)) + mean relu(1 + D(x~)).
+
+    Args:
+        real_scores: D's outputs on real images, a non-empty float tensor, batch first.
+        fake_scores: D's outputs on generated images, the same (the batch may differ).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
     return F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean()
 
 
 def hinge_g_loss(fake_scores) -> torch.Tensor:
-    """-mean D(x~)."""
+    """-mean D(x~).
+
+    Args:
+        fake_scores: D's outputs on generated images, a non-empty float tensor, batch first.
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     return -_f(fake_scores, "fake_scores").mean()
 
 
 # --- relativistic average (Jolicoeur-Martineau 2018)
 
 def ragan_d_loss(real_scores, fake_scores) -> torch.Tensor:
-    """RaSGAN: mean -log sigmoid(C(x) - mean C(x~)) + mean -log(1 - sigmoid(C(x~) - mean C(x)))."""
+    """RaSGAN: mean -log sigmoid(C(x) - mean C(x~)) + mean -log(1 - sigmoid(C(x~) - mean C(x))).
+
+    Args:
+        real_scores: critic outputs C(x) on real images, a non-empty float tensor, batch first.
+        fake_scores: critic outputs C(x~) on generated images, the same (the batch may differ).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
     return F.softplus(-(r - f.mean())).mean() + F.softplus(f - r.mean()).mean()
 
 
 def ragan_g_loss(real_scores, fake_scores) -> torch.Tensor:
     """RaSGAN: mean -log sigmoid(C(x~) - mean C(x)) + mean -log(1 - sigmoid(C(x) - mean C(x~))).
-    Gradients reach G through fake_scores only (real_scores may be detached)."""
+
+    Args:
+        real_scores: C(x) on real images, a non-empty float tensor, batch first (may be
+            detached: gradients reach G through fake_scores).
+        fake_scores: C(x~) on generated images, the same (the batch may differ).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
     return F.softplus(-(f - r.mean())).mean() + F.softplus(r - f.mean()).mean()
 
 
 def ralsgan_d_loss(real_scores, fake_scores) -> torch.Tensor:
-    """RaLSGAN: mean (C(x) - mean C(x~) - 1)^2 + mean (C(x~) - mean C(x) + 1)^2."""
+    """RaLSGAN: mean (C(x) - mean C(x~) - 1)^2 + mean (C(x~) - mean C(x) + 1)^2.
+
+    Args:
+        real_scores: critic outputs C(x) on real images, a non-empty float tensor, batch first.
+        fake_scores: critic outputs C(x~) on generated images, the same (the batch may differ).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
     return (r - f.mean() - 1.0).square().mean() + (f - r.mean() + 1.0).square().mean()
 
 
 def ralsgan_g_loss(real_scores, fake_scores) -> torch.Tensor:
-    """RaLSGAN: mean (C(x~) - mean C(x) - 1)^2 + mean (C(x) - mean C(x~) + 1)^2."""
+    """RaLSGAN: mean (C(x~) - mean C(x) - 1)^2 + mean (C(x) - mean C(x~) + 1)^2.
+
+    Args:
+        real_scores: C(x) on real images, a non-empty float tensor, batch first (may be
+            detached: gradients reach G through fake_scores).
+        fake_scores: C(x~) on generated images, the same (the batch may differ).
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 scores).
+    """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
     return (f - r.mean() - 1.0).square().mean() + (r - f.mean() + 1.0).square().mean()
 
@@ -151,23 +265,55 @@ def ralsgan_g_loss(real_scores, fake_scores) -> torch.Tensor:
 # reconstruction losses L(v) = |v - D(v)| (L1, one value per sample).
 
 def began_d_loss(real_recon, fake_recon, k: float) -> torch.Tensor:
-    """mean L(x) - k mean L(G(z_D))."""
-    return _f(real_recon, "real_recon").mean() - float(k) * _f(fake_recon, "fake_recon").mean()
+    """mean L(x) - k mean L(G(z_D)).
+
+    Args:
+        real_recon: D's reconstruction losses L(x) on real images, a non-empty float tensor
+            (one value per sample, e.g. [N]).
+        fake_recon: L(G(z_D)) on generated images, the same.
+        k: the control variable k_t, a number in [0, 1] (start at 0; `began_update_k` returns
+            the next); a one-element tensor is read with a host sync.
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 inputs).
+    """
+    r, f = _f(real_recon, "real_recon"), _f(fake_recon, "fake_recon")
+    return r.mean() - _k(k) * f.mean()
 
 
 def began_g_loss(fake_recon) -> torch.Tensor:
-    """mean L(G(z_G))."""
+    """mean L(G(z_G)).
+
+    Args:
+        fake_recon: D's reconstruction losses on generated images, a non-empty float tensor.
+
+    Returns:
+        0-d tensor (fp32 for fp16/bf16 inputs).
+    """
     return _f(fake_recon, "fake_recon").mean()
 
 
 @torch.no_grad()
 def began_update_k(k: float, real_recon, fake_recon, *, gamma: float = 0.5,
                    lambda_k: float = 1e-3) -> tuple[float, float]:
-    """The proportional control of BEGAN: returns (k_next, M) with
-    k_next = clip(k + lambda_k (gamma L(x) - L(G(z_G))), 0, 1) and the convergence measure
-    M = L(x) + |gamma L(x) - L(G(z_G))| (means over the batch; Python floats: one sync)."""
+    """The proportional control of BEGAN: k_next = clip(k + lambda_k (gamma L(x) - L(G(z_G))),
+    0, 1) and the convergence measure M = L(x) + |gamma L(x) - L(G(z_G))| (means over the batch).
+
+    Args:
+        k: the current k_t, a number (or one-element tensor) in [0, 1].
+        real_recon: L(x) on real images, a non-empty float tensor (one value per sample).
+        fake_recon: L(G(z_G)) on the generator step's fakes, the same.
+        gamma: the diversity ratio E[L(G(z))] / E[L(x)] the controller aims at, in [0, 1].
+        lambda_k: the controller's gain, >= 0 (the paper: 0.001).
+
+    Returns:
+        (k_next, M) as Python floats (one host sync).
+    """
+    k = _k(k)
+    gamma = _checks.number(gamma, "gamma", low=0.0, high=1.0)
+    lambda_k = _checks.number(lambda_k, "lambda_k", low=0.0)
     lr = _f(real_recon, "real_recon").mean()
     lf = _f(fake_recon, "fake_recon").mean()
     balance = (gamma * lr - lf).item()
-    k_next = min(max(float(k) + lambda_k * balance, 0.0), 1.0)
+    k_next = min(max(k + lambda_k * balance, 0.0), 1.0)
     return k_next, lr.item() + abs(balance)

@@ -13,14 +13,15 @@ norm and penalty run in one fused op (`fastgan.ops.grad_penalty`, backend chosen
 
 torch.compile. torch.compile refuses double backward (fp32: "does not currently support double
 backward" at loss.backward()), and under autocast it can hand back an input gradient with no
-graph, so that the penalty silently stops training D (BASELINES.md). So the penalty pass never
+graph, so that the penalty silently stops training D (docs/baselines.md). So the penalty pass never
 runs compiled code: a compiled module (`torch._dynamo.eval_frame.OptimizedModule`) is replaced by
 its eager `_orig_mod` (also inside DistributedDataParallel, through bound methods and
 functools.partial), a function from `torch.compile(fn)` by the function it wraps, and the whole
 pass runs under `torch.compiler.set_stance("force_eager")`, which reaches compiled code called
 from inside a lambda. The plain D(real) / D(fake) passes, which you call yourself, stay compiled.
 
-Never a silent constant. Whatever the discriminator, `input_gradient` raises RuntimeError
+What is detected, and what is not. Whatever the discriminator, `input_gradient` raises
+RuntimeError when the penalty would have lost its graph:
   * when D's output does not require grad (D ran under torch.no_grad, or detached everything),
   * when the output does not depend on the input (D detaches its input),
   * when the gradient comes back without a graph (`g.grad_fn is None`) while D has trainable
@@ -33,6 +34,12 @@ Never a silent constant. Whatever the discriminator, `input_gradient` raises Run
     attributes of any other callable object. A discriminator affine in its input with
     input-independent parameters (D(x) = <w, x> + b, b trainable, w constant) has a genuinely
     constant gradient and raises too: its penalty cannot train anything.
+Not detected, because detecting them would cost a host sync on every call: a discriminator
+that produces NaN or inf gives a NaN/inf penalty (check `torch.isfinite(loss)` yourself where a
+sync is acceptable, e.g. every few hundred steps), and a discriminator whose input gradient is
+genuinely zero while the graph is intact (e.g. a ReLU critic with every unit inactive) gives
+the constant penalty weight * (0 - target)^2 / target^2 = `weight` for WGAN-GP and 0 for R1,
+whose gradient w.r.t. D's parameters is zero.
 
 DistributedDataParallel. Call the penalty with the DDP module: the penalty pass runs the wrapped
 module directly when it is compiled (DDP(torch.compile(D))), else through DDP. Parameter
@@ -49,11 +56,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
+import numbers
 
 import torch
 from torch import nn
 
+from . import _checks
 from .ops.grad_penalty import grad_penalty as _fused_penalty
 
 __all__ = [
@@ -73,9 +81,16 @@ def _is_compiled_module(obj) -> bool:
 
 
 def eager_discriminator(discriminator):
-    """The eager callable behind `discriminator`: `_orig_mod` of a compiled module (also inside
-    DistributedDataParallel or DataParallel, behind a bound method or a functools.partial), the
-    wrapped function of `torch.compile(fn)`; anything else is returned as is."""
+    """The eager callable behind `discriminator`.
+
+    Args:
+        discriminator: any callable; a compiled module (also inside DistributedDataParallel or
+            DataParallel, behind a bound method or a functools.partial) or `torch.compile(fn)`.
+
+    Returns:
+        The compiled module's `_orig_mod` (in the same wrapping) or the function `torch.compile`
+        wrapped; anything else as is.
+    """
     d = discriminator
     for _ in range(16):  # wrappers nest, but not forever
         if _is_compiled_module(d):
@@ -181,14 +196,31 @@ def _reduce(p: torch.Tensor, reduction: str) -> torch.Tensor:
 def input_gradient(discriminator, x: torch.Tensor, *, return_scores: bool = False):
     """g = d sum(D(x)) / d x with create_graph=True, computed on the eager discriminator (see the
     module docstring), checked to carry a graph whenever D has trainable parameters.
-    `x` must require grad (a leaf made with `.requires_grad_()`). Returns g (and the scores)."""
+
+    Args:
+        discriminator: a callable taking x and returning scores [N], [N, 1] or [N, k].
+        x: the images [N, ...], a floating-point tensor that requires grad (a leaf made with
+            `.detach().requires_grad_()`), any layout.
+        return_scores: also return D(x).
+
+    Returns:
+        g, shaped, typed and laid out as autograd returns it (like x), differentiable w.r.t. D's
+        parameters; with return_scores, (g, scores).
+
+    Raises:
+        RuntimeError: the gradient would carry no graph while D has trainable parameters (see
+            the module docstring for what is and is not detected).
+    """
+    _checks.function(discriminator, "discriminator")
+    _check_images(x, "x")
     if not x.requires_grad:
         raise ValueError("x must require grad (x.detach().requires_grad_())")
     fn = eager_discriminator(discriminator)
     with torch.enable_grad(), _force_eager():
         out = fn(x)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"discriminator must return a tensor of scores, got {type(out).__name__}")
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        raise TypeError(f"discriminator must return a floating-point tensor of scores, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
     n = x.shape[0]
     if out.dim() < 1 or out.shape[0] != n:
         raise ValueError(f"discriminator output must have the batch dim first ([N], [N, 1] or "
@@ -222,22 +254,16 @@ def input_gradient(discriminator, x: torch.Tensor, *, return_scores: bool = Fals
 # ---------------------------------------------------------------------------------------------
 # Penalties
 
-def _check_number(v, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise TypeError(f"{name} must be a finite float, got {v!r}")
-    if positive and not v > 0:
-        raise ValueError(f"{name} must be > 0, got {v!r}")
-    if nonneg and v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v!r}")
-    return float(v)
-
-
 def _epsilon(epsilon, n: int, like: torch.Tensor, generator) -> torch.Tensor:
     dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
     if epsilon is None:
         return torch.rand(n, device=like.device, dtype=dtype, generator=generator)
-    if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
-        return torch.full((n,), float(epsilon), device=like.device, dtype=dtype)
+    if isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
+        epsilon = _checks.number(epsilon, "epsilon", low=0.0, high=1.0)
+        return torch.full((n,), epsilon, device=like.device, dtype=dtype)
     if not isinstance(epsilon, torch.Tensor):
         raise TypeError(f"epsilon must be None, a float or an [N] tensor, got "
                         f"{type(epsilon).__name__}")
@@ -251,12 +277,31 @@ def _epsilon(epsilon, n: int, like: torch.Tensor, generator) -> torch.Tensor:
 def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, *,
                      weight: float = 10.0, target: float = 1.0, reduction: str = "mean",
                      epsilon=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al. 2017) in ProGAN's form:
-    x_hat = eps*real + (1-eps)*fake with eps ~ U[0,1) per sample (or `epsilon`: an [N] tensor or
-    a float; `generator` seeds the draw), g = d sum(D(x_hat)) / d x_hat, and per sample
-    weight * (||g||_2 - target)^2 / target^2, reduced by `reduction` ("mean" | "sum" | "none").
-    real and fake are detached. Differentiable w.r.t. D's parameters; fp32 penalty (fp64 for
-    fp64 inputs)."""
+    """WGAN-GP (Gulrajani et al. 2017) in ProGAN's form: x_hat = eps*real + (1-eps)*fake,
+    g = d sum(D(x_hat)) / d x_hat, and per sample weight * (||g||_2 - target)^2 / target^2.
+
+    Args:
+        discriminator: a callable taking images and returning scores [N], [N, 1] or [N, k]
+            (a module, compiled or not, DDP, a lambda); the penalty pass runs it eagerly.
+        real, fake: images [N, ...] of one shape, dtype and device, any float dtype and layout
+            (NCHW or channels_last); both are detached.
+        weight: lambda, >= 0 (WGAN-GP and ProGAN: 10).
+        target: the gradient norm aimed at, > 0.
+        reduction: "mean" | "sum" over the batch, or "none" for the [N] per-sample penalties.
+        epsilon: None (eps ~ U[0, 1) per sample), a number in [0, 1] for every sample, or an
+            [N] tensor (values not checked: that would cost a host sync).
+        generator: a torch.Generator for the draw of eps, or None.
+
+    Returns:
+        0-d tensor (or [N] for "none"), fp32 (fp64 for fp64 images), differentiable w.r.t. D's
+        parameters.
+
+    Raises:
+        RuntimeError: the input gradient came back without a graph while D has trainable
+            parameters. A NaN-producing D gives a NaN penalty, and a D whose input gradient is
+            exactly zero gives the constant `weight`: neither is detected (module docstring).
+    """
+    _checks.function(discriminator, "discriminator")
     _check_images(real, "real")
     _check_images(fake, "fake")
     if real.shape != fake.shape:
@@ -269,8 +314,8 @@ def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, *,
         raise TypeError(f"real and fake must have the same dtype, got {real.dtype} and "
                         f"{fake.dtype}")
     _check_reduction(reduction)
-    weight = _check_number(weight, "weight")
-    target = _check_number(target, "target", positive=True)
+    weight = _checks.number(weight, "weight", low=0.0)
+    target = _checks.number(target, "target", low=0.0, low_open=True)
     n = real.shape[0]
     real, fake = real.detach(), fake.detach()
     eps = _epsilon(epsilon, n, real, generator).to(real.dtype).view(n, *([1] * (real.dim() - 1)))
@@ -284,12 +329,29 @@ def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, *,
 @torch.compiler.disable
 def r1_penalty(discriminator, real: torch.Tensor, *, gamma: float = 10.0,
                reduction: str = "mean", return_scores: bool = False):
-    """R1 (Mescheder et al. 2018): per sample gamma/2 * ||d sum(D(real)) / d real||^2, reduced by
-    `reduction`. Pass fakes for R2. With return_scores=True also returns D(real) from the same
-    pass (differentiable), e.g. to reuse it for the loss or for DDP's `0 * scores` trick."""
+    """R1 (Mescheder et al. 2018): per sample gamma/2 * ||d sum(D(real)) / d real||^2.
+
+    Args:
+        discriminator: a callable taking images and returning scores [N], [N, 1] or [N, k].
+        real: images [N, ...], any float dtype and layout (detached); pass fakes for R2.
+        gamma: >= 0 (StyleGAN on FFHQ: 10).
+        reduction: "mean" | "sum" over the batch, or "none" for the [N] per-sample penalties.
+        return_scores: also return D(real) from the same pass (differentiable), e.g. to reuse
+            it for the loss or for DDP's `0 * scores` trick.
+
+    Returns:
+        0-d tensor (or [N] for "none"), fp32 (fp64 for fp64 images), differentiable w.r.t. D's
+        parameters; with return_scores, (penalty, scores).
+
+    Raises:
+        RuntimeError: the input gradient came back without a graph while D has trainable
+            parameters. A NaN-producing D gives a NaN penalty, and a D whose input gradient is
+            exactly zero gives 0: neither is detected (module docstring).
+    """
+    _checks.function(discriminator, "discriminator")
     _check_images(real, "real")
     _check_reduction(reduction)
-    gamma = _check_number(gamma, "gamma")
+    gamma = _checks.number(gamma, "gamma", low=0.0)
     x = real.detach().requires_grad_(True)
     with torch.enable_grad():
         g, scores = input_gradient(discriminator, x, return_scores=True)
@@ -299,28 +361,57 @@ def r1_penalty(discriminator, real: torch.Tensor, *, gamma: float = 10.0,
 
 def r2_penalty(discriminator, fake: torch.Tensor, *, gamma: float = 10.0,
                reduction: str = "mean", return_scores: bool = False):
-    """R2: `r1_penalty` on generated samples."""
+    """R2: `r1_penalty` on generated samples.
+
+    Args:
+        discriminator, gamma, reduction, return_scores: as for `r1_penalty`.
+        fake: generated images [N, ...] (detached).
+
+    Returns:
+        As `r1_penalty`.
+    """
+    _check_images(fake, "fake")
     return r1_penalty(discriminator, fake, gamma=gamma, reduction=reduction,
                       return_scores=return_scores)
 
 
 def drift_penalty(real_scores: torch.Tensor, epsilon: float = 1e-3) -> torch.Tensor:
-    """ProGAN's drift term: epsilon * mean(real_scores**2) (fp32 for half scores)."""
-    if not isinstance(real_scores, torch.Tensor) or not real_scores.is_floating_point():
-        raise TypeError("real_scores must be a floating-point tensor")
-    epsilon = _check_number(epsilon, "epsilon")
-    s = real_scores.float() if real_scores.dtype in (torch.float16, torch.bfloat16) else real_scores
-    return epsilon * s.square().mean()
+    """ProGAN's drift term: epsilon * mean(real_scores**2).
+
+    Args:
+        real_scores: D's outputs on real images, a non-empty float tensor, batch first.
+        epsilon: eps_drift, >= 0 (ProGAN: 0.001).
+
+    Returns:
+        0-d tensor, fp32 for fp16/bf16 scores, else the scores' dtype.
+    """
+    s = _checks.scores(real_scores, "real_scores")
+    return _checks.number(epsilon, "epsilon", low=0.0) * s.square().mean()
 
 
 # ---------------------------------------------------------------------------------------------
 # Lazy regularization (Karras et al. 2020, StyleGAN2, appendix B)
 
 def lazy_adam_hyperparameters(lr: float, betas: tuple[float, float], interval: int):
-    """(lr * c, (beta1 ** c, beta2 ** c)) with c = interval / (interval + 1)."""
+    """Adam's hyperparameters for a regularizer applied every `interval` steps.
+
+    Args:
+        lr: the learning rate, > 0.
+        betas: (beta1, beta2), each in [0, 1).
+        interval: k, an int >= 1.
+
+    Returns:
+        (lr * c, (beta1 ** c, beta2 ** c)) with c = k / (k + 1).
+    """
     interval = _check_interval(interval)
+    lr = _checks.number(lr, "lr", low=0.0, low_open=True)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    b1, b2 = (_checks.number(b, name, low=0.0) for b, name in zip(betas, ("beta1", "beta2")))
+    if not (b1 < 1 and b2 < 1):
+        raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
     c = interval / (interval + 1)
-    return lr * c, (betas[0] ** c, betas[1] ** c)
+    return lr * c, (b1 ** c, b2 ** c)
 
 
 def _check_interval(interval) -> int:
@@ -332,7 +423,18 @@ def _check_interval(interval) -> int:
 def adjust_adam_for_lazy_regularization(optimizer: torch.optim.Optimizer, interval: int):
     """Scale every param group of an Adam-style optimizer (lr and betas) for lazy regularization:
     lr *= c, beta_i **= c, c = interval / (interval + 1). Idempotent per optimizer (a second call
-    with the same interval changes nothing; another interval raises). Returns the optimizer."""
+    with the same interval changes nothing; another interval raises).
+
+    Args:
+        optimizer: a torch.optim.Optimizer whose groups have "lr" and "betas" (Adam, AdamW, ...).
+        interval: k, an int >= 1.
+
+    Returns:
+        The optimizer, changed in place.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
     interval = _check_interval(interval)
     for group in optimizer.param_groups:
         if "betas" not in group:
@@ -368,7 +470,10 @@ class LazyRegularizer:
     takes its own optimizer step every k steps, so the optimizer runs k+1 steps per k plain ones
     and the adjustment keeps its per-image dynamics. If you add the penalty into the D loss of
     the plain step instead, there is no extra step: leave the optimizer alone (optimizer=None).
-    `due(step)` is `step % interval == 0`; `__call__` returns penalty * interval then, else None.
+
+    Args:
+        interval: k, an int >= 1.
+        optimizer: None, or the Adam-style optimizer of D to adjust once (see above).
     """
 
     def __init__(self, interval: int = 16, optimizer: torch.optim.Optimizer | None = None):
@@ -377,9 +482,22 @@ class LazyRegularizer:
             adjust_adam_for_lazy_regularization(optimizer, self.interval)
 
     def due(self, step: int) -> bool:
-        return step % self.interval == 0
+        """Whether the penalty is due at `step` (an int >= 0): step % interval == 0."""
+        return _checks.integer(step, "step", low=0) % self.interval == 0
 
     def __call__(self, step: int, penalty_fn, *args, **kwargs):
+        """penalty_fn(*args, **kwargs) * interval when `due(step)`, else None.
+
+        Args:
+            step: the training step, an int >= 0.
+            penalty_fn: the penalty, e.g. `fastgan.penalties.r1_penalty`; its first output is
+                scaled when it returns a tuple (e.g. with return_scores=True).
+            *args, **kwargs: passed to penalty_fn.
+
+        Returns:
+            None, a tensor, or a tuple whose first element is scaled.
+        """
+        _checks.function(penalty_fn, "penalty_fn")
         if not self.due(step):
             return None
         out = penalty_fn(*args, **kwargs)

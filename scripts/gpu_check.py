@@ -1,41 +1,61 @@
 #!/usr/bin/env python3
-"""One command for a machine with a GPU: build, test, benchmark, and write the results down.
+"""One command for a machine with a GPU: build, test, benchmark and write the results down, all
+inside one time budget that fits a single call of a short GPU lease.
 
-    python scripts/gpu_check.py [--out DIR] [--quick] [--budget SECONDS] [--commit SHA]
+    python scripts/gpu_check.py [--budget SECONDS] [--out DIR] [--commit SHA]
+                                [--skip-build] [--skip-tests] [--skip-bench] [--dry-run]
+                                [--allow-cpu]
 
-Steps (each one's failure is recorded, and the next steps still run):
-  1. environment: GPU name, driver, torch / CUDA / triton / Python versions, TF32 mode, git commit,
-     and the device's copy bandwidth (a 1 GiB device-to-device copy; "floor" = bytes / that).
-  2. build:        python -m fastgan.build
-  3. GPU tests:    python -m pytest tests -m cuda   (CUDA_LAUNCH_BLOCKING=1)
-  4. other tests:  python -m pytest tests -m "not cuda"   (3 + 4 = the full suite, each test once)
-  5. benchmarks:   python -m pytest benchmarks/ --benchmark-only --benchmark-json=...
-Then writes, in --out (default benchmarks/results/):
-  <YYYY-MM-DD>-<gpu-name-slug>.md            the report: environment, step outcomes, per-op test
-                                             verdicts, timing tables (ms, GB/s, speedups)
-  <YYYY-MM-DD>-<gpu-name-slug>.json          pytest-benchmark's raw JSON
+Stages, in priority order (the table STAGES below), one after the other, each a subprocess (the
+test stages: 4 pytest processes side by side, their test files dealt among them; a fresh machine
+compiles every Triton kernel variant on first use). Benchmarks always run alone.
+  build        python -m fastgan.build: the CUDA extension, into the cache
+  gpu-tests    pytest tests -m cuda: every op on both kernel backends (triton, cuda) against the
+               reference on the GPU, fp64 gradcheck/gradgradcheck included, second-order paths
+               with TF32 off (tests/conftest.py); CUDA_LAUNCH_BLOCKING=1
+  penalty      benchmarks/test_bench_penalty.py --fastgan-quick: the ProGAN D step with WGAN-GP
+               at 256x256 in fp32 and bf16, fastgan against plain torch: time, peak memory and
+               gradient error against fp64
+  ops          the op benchmarks (pixel_norm, minibatch_stddev, bias_act, grad_penalty) at their
+               largest ProGAN shape (--fastgan-largest)
+  layers       benchmarks/test_bench_layers.py --fastgan-quick: equalized-lr layers
+  other-tests  pytest tests -m "not cuda": the rest of the suite (CI runs it on every change;
+               here it only checks the GPU machine's stack, so it comes last)
+
+Budget: --budget seconds (default 480) from the start of the command, the environment probe
+included. Before each stage, left = budget - elapsed - MARGIN_S (the margin pays for killing a
+stage and writing the report; the budget leaves room in a 10-minute command and a 15-minute
+lease that includes the machine's start). A stage needs at least its min_s: with less left it is skipped,
+and a later, cheaper stage still gets its chance. Otherwise it runs with the timeout
+min(max_s, left); still running then, it is cut: its process group is killed and what it
+recorded so far is kept (tests and benchmarks log every result as it finishes).
+
+Adding a benchmark module to a stage is one line in STAGES, where its position is its priority:
+    bench("sn", "spectral norm", "benchmarks/test_bench_spectral_norm.py", "--fastgan-quick"),
+(`min_s=` / `max_s=` bound its time; several files may share one stage; its records join the
+report's timing tables by their "op".)
+
+Results, all directly in --out (default benchmarks/results/), so `--out $OUT` works on a remote
+machine that returns only plain files; written after every stage, so a run cut short still
+leaves them, saying which stages were skipped or cut and why:
+  <YYYY-MM-DD>-<gpu-name-slug>.md            the report (scripts/gpu_check_report.py): environment
+                                             (scripts/gpu_check_env.py), stages, test outcomes,
+                                             timing tables
+  <YYYY-MM-DD>-<gpu-name-slug>.json          pytest-benchmark's raw JSON, every benchmark stage
   <YYYY-MM-DD>-<gpu-name-slug>.records.jsonl one line per benchmark (what the tables are made of)
-  <YYYY-MM-DD>-<gpu-name-slug>.log           every step's full output
-(a rerun on the same day and GPU overwrites them). All files sit directly in --out, so
-`--out $OUT` works on a remote machine that returns only plain files.
+  <YYYY-MM-DD>-<gpu-name-slug>.log           every stage's full output
+(a rerun on the same day and GPU overwrites them).
 
 Without a GPU it says so and exits with status 2; --dry-run prints the plan instead, and
---allow-cpu runs every step anyway (to try this script itself on a CPU machine).
-Exit status: 0 when every step passed, 1 when one failed or timed out, 2 without a GPU.
-
-Time: the whole run is held to --budget seconds (default 450, inside an 8-minute GPU session):
-each step gets a timeout from what is left, and the benchmarks switch to the quick shape set
-when less than 300 s remain for them (or always with --quick). A step that times out is killed
-(its process group) and recorded as "timeout"; the test and benchmark results that finished
-before are kept (they are logged per test as they happen).
-
-This file is also a tiny pytest plugin (`-p gpu_check`, active only when FASTGAN_GPU_CHECK_TESTLOG
-is set): it appends one JSON line per test phase, so an interrupted run still leaves its outcomes.
+--allow-cpu runs the stages anyway (to try this script on a CPU machine).
+Exit status: 0 every stage passed (or was skipped by an option); 1 a stage failed or was cut;
+2 no GPU; 3 nothing failed, but stages were skipped for lack of budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -47,485 +67,414 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from gpu_check_env import git_info, probe_environment
+from gpu_check_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-OPS = ("pixel_norm", "minibatch_stddev", "bias_act")
-PROVIDERS = ("eager", "compile", "triton", "cuda")
-TAIL_CHARS = 3000
+DEFAULT_BUDGET_S = 480.0
+MARGIN_S = 20.0  # kept back from every stage's timeout: killing a cut stage, writing the report
+clock: Callable[[], float] = time.monotonic  # the budget's clock (tests put a fake one here)
 
 
-# ---------------------------------------------------------------------------------------------
-# pytest plugin part
+@dataclass(frozen=True)
+class Stage:
+    """One entry of STAGES.
 
-def pytest_runtest_logreport(report):  # pragma: no cover - runs inside the pytest subprocess
-    path = os.environ.get("FASTGAN_GPU_CHECK_TESTLOG")
-    if not path:
-        return
-    if report.when != "call" and report.outcome == "passed":
-        return
-    outcome = report.outcome
-    if hasattr(report, "wasxfail"):
-        outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
-    message = ""
-    if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
-        message = str(report.longrepr[2])
-    elif report.outcome == "failed":
-        crash = getattr(report.longrepr, "reprcrash", None)
-        message = crash.message if crash is not None else str(report.longrepr)[-500:]
-    with open(path, "a") as fh:
-        fh.write(json.dumps({"nodeid": report.nodeid, "when": report.when, "outcome": outcome,
-                             "duration": round(report.duration, 4),
-                             "message": message.strip()[:400]}) + "\n")
+    key: short name (logs, report); title: what it shows; kind: "build", "tests" or "bench"
+    (how its command is made, which --skip-* option skips it); args: what follows
+    `python -m fastgan.build` or `python -m pytest`; min_s: the least time worth starting it;
+    max_s: its timeout at most (None: whatever is left); env: extra environment variables;
+    shards: test stages only, how many pytest processes run its test files side by side (a
+    fresh machine compiles every Triton kernel variant on first use, one process at a time)."""
+
+    key: str
+    title: str
+    kind: str
+    args: tuple[str, ...]
+    min_s: float = 30.0
+    max_s: float | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    shards: int = 1
 
 
-# ---------------------------------------------------------------------------------------------
-# environment
-
-ENV_PROBE = r"""
-import json, platform, time
-info = {"python": platform.python_version()}
-try:
-    import torch
-    info.update(torch=torch.__version__, cuda_runtime=torch.version.cuda,
-                gpu_available=torch.cuda.is_available(),
-                tf32={"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-                      "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                      "float32_matmul_precision": torch.get_float32_matmul_precision()})
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), capability=f"{p.major}.{p.minor}",
-                    sms=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1))
-        a = torch.empty(2**30, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
-        for _ in range(3): b.copy_(a)
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(10):
-            s.record(); b.copy_(a); e.record(); torch.cuda.synchronize(); times.append(s.elapsed_time(e))
-        times.sort()
-        info["copy_gbps"] = 2 * 2**30 / (times[len(times) // 2] * 1e-3) / 1e9
-except Exception as err:
-    info["torch_error"] = f"{type(err).__name__}: {err}"
-try:
-    import triton
-    info["triton"] = triton.__version__
-except Exception as err:
-    info["triton"] = f"not importable ({type(err).__name__})"
-try:
-    import fastgan
-    info["fastgan"] = fastgan.__version__
-    info["backends"] = {k: [bool(v[0]), str(v[1])] for k, v in fastgan.available_backends().items()}
-except Exception as err:
-    info["fastgan_error"] = f"{type(err).__name__}: {err}"
-print("GPU_CHECK_ENV=" + json.dumps(info))
-"""
+def tests(key: str, title: str, *args: str, min_s: float = 30.0, max_s: float | None = None,
+          env: tuple[tuple[str, str], ...] = (), shards: int = 1) -> Stage:
+    """Args: key, title, pytest arguments, time bounds, extra environment, parallel processes.
+    Returns: a test Stage."""
+    return Stage(key, title, "tests", args, min_s, max_s, env, shards)
 
 
-def _run_quiet(cmd: list[str], timeout: float = 30, cwd: Path = ROOT) -> tuple[int, str]:
-    try:
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-        return p.returncode, (p.stdout + p.stderr).strip()
-    except (OSError, subprocess.SubprocessError) as err:
-        return -1, f"{type(err).__name__}: {err}"
+def bench(key: str, title: str, *args: str, min_s: float = 30.0,
+          max_s: float | None = None) -> Stage:
+    """Args: key, title, benchmark files and options, time bounds. Returns: a benchmark Stage
+    (run with --benchmark-only, its records and JSON collected into the results)."""
+    return Stage(key, title, "bench", args, min_s, max_s)
 
 
-def probe_environment(env: dict[str, str], timeout: float = 180) -> dict:
-    rc, out = _run_quiet([sys.executable, "-c", ENV_PROBE], timeout=timeout)
-    info: dict = {}
-    for line in out.splitlines():
-        if line.startswith("GPU_CHECK_ENV="):
-            info = json.loads(line[len("GPU_CHECK_ENV="):])
-    if not info:
-        info = {"probe_error": out[-TAIL_CHARS:] or f"rc={rc}"}
-    rc, smi = _run_quiet(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                          "--format=csv,noheader"], timeout=30)
-    info["nvidia_smi"] = smi.splitlines()[0] if rc == 0 and smi else None
-    return info
+OP_BENCHMARKS = tuple(f"benchmarks/test_bench_{op}.py" for op in
+                      ("pixel_norm", "minibatch_stddev", "bias_act", "grad_penalty"))
+
+STAGES: tuple[Stage, ...] = (
+    Stage("build", "build the CUDA extension", "build", (), min_s=30, max_s=240),
+    tests("gpu-tests", "GPU correctness: every op, both kernel backends, against the reference",
+          "tests", "-m", "cuda", min_s=60, max_s=180, env=(("CUDA_LAUNCH_BLOCKING", "1"),),
+          shards=4),
+    bench("penalty", "ProGAN D step with WGAN-GP, 256 px, fp32 and bf16",
+          "benchmarks/test_bench_penalty.py", "--fastgan-quick", min_s=60, max_s=150),
+    bench("ops", "op benchmarks, largest ProGAN shape per op",
+          *OP_BENCHMARKS, "--fastgan-largest", min_s=45, max_s=100),
+    bench("layers", "equalized-lr layers, quick shapes",
+          "benchmarks/test_bench_layers.py", "--fastgan-quick", min_s=45),
+    tests("other-tests", "the rest of the suite", "tests", "-m", "not cuda", min_s=45, shards=4),
+)
+
+SKIP_OPTIONS = {"build": "--skip-build", "tests": "--skip-tests", "bench": "--skip-bench"}
 
 
-def git_info(commit_arg: str | None) -> dict:
-    info: dict = {}
-    rc, sha = _run_quiet(["git", "rev-parse", "HEAD"])
-    info["commit"] = commit_arg or (sha if rc == 0 else None)
-    rc, subject = _run_quiet(["git", "log", "-1", "--format=%s"])
-    info["subject"] = subject if rc == 0 and not commit_arg else None
-    rc, status = _run_quiet(["git", "status", "--porcelain"])
-    info["dirty_files"] = len(status.splitlines()) if rc == 0 else None
-    if info["commit"] is None:
-        info["commit"] = "unknown (no git metadata here; pass --commit SHA)"
-    return info
+@dataclass
+class StageRun:
+    """What happened to a stage: status "pending", "passed", "failed", "cut", "no tests" or
+    "skipped" (reason says why); rc, seconds it ran, the timeout it was given, its output."""
+
+    stage: Stage
+    status: str = "pending"
+    reason: str = ""
+    rc: int | None = None
+    seconds: float = 0.0
+    timeout: float | None = None
+    output: str = ""
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+class Budget:
+    """Seconds for the whole run, counted on `clock` from creation."""
+
+    def __init__(self, seconds: float, margin: float = MARGIN_S):
+        self.seconds, self.margin, self.start = seconds, margin, clock()
+
+    def elapsed(self) -> float:
+        """Returns: seconds since the start."""
+        return clock() - self.start
+
+    def left(self) -> float:
+        """Returns: seconds a stage may still take: budget - elapsed - margin."""
+        return self.seconds - self.elapsed() - self.margin
 
 
-# ---------------------------------------------------------------------------------------------
-# steps
+@dataclass
+class Context:
+    """Where a run writes: out (results folder), stem (file names), tmp (per-stage logs and
+    JSON), env (the environment of the stages), py (the interpreter)."""
 
-class Step:
-    def __init__(self, name: str, cmd: list[str], timeout: float, env: dict[str, str],
-                 testlog: Path | None = None):
-        self.name, self.cmd, self.timeout, self.env, self.testlog = name, cmd, timeout, env, testlog
-        self.status = "not run"
-        self.rc: int | None = None
-        self.seconds = 0.0
-        self.output = ""
-        self.note = ""
+    out: Path
+    stem: str
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+    py: str = sys.executable
 
     @property
-    def command(self) -> str:
-        cmd = [("python" if c == sys.executable else c) for c in self.cmd]
-        return " ".join(shlex.quote(c) for c in cmd)
+    def records(self) -> Path:
+        return self.out / f"{self.stem}.records.jsonl"
 
-    def run(self, log) -> None:
-        env = dict(self.env)
-        if self.testlog is not None:
-            env["FASTGAN_GPU_CHECK_TESTLOG"] = str(self.testlog)
-        print(f"[gpu_check] {self.name}: {self.command}  (timeout {self.timeout:.0f} s)", flush=True)
-        t0 = time.perf_counter()
-        with tempfile.TemporaryFile(mode="w+") as out:
+    @property
+    def report(self) -> Path:
+        return self.out / f"{self.stem}.md"
+
+    @property
+    def bench_json(self) -> Path:
+        return self.out / f"{self.stem}.json"
+
+    @property
+    def log(self) -> Path:
+        return self.out / f"{self.stem}.log"
+
+    def testlog(self, stage: Stage) -> Path:
+        """Returns: the file where the stage's pytest logs one line per test."""
+        return self.tmp / f"{stage.key}.testlog.jsonl"
+
+    def stage_json(self, stage: Stage) -> Path:
+        """Returns: the file where a benchmark stage's pytest-benchmark writes its JSON."""
+        return self.tmp / f"{stage.key}.json"
+
+
+def stage_command(stage: Stage, ctx: Context) -> list[str]:
+    """Args: a Stage and the run's Context. Returns: the stage's command line."""
+    if stage.kind == "build":
+        return [ctx.py, "-m", "fastgan.build", *stage.args]
+    cmd = [ctx.py, "-m", "pytest", *stage.args, "-q", "-rfE", "-p", "gpu_check_testlog"]
+    if stage.kind == "bench":
+        cmd += ["--benchmark-only", f"--benchmark-json={ctx.stage_json(stage)}",
+                f"--fastgan-records={ctx.records}"]
+    return cmd
+
+
+def shard_commands(stage: Stage, ctx: Context) -> list[list[str]]:
+    """The processes that run a stage: its command, or for a test stage with shards > 1, one
+    command per shard, each with the stage's options and a share of its test files.
+
+    Args:
+        stage, ctx: the Stage and the run's Context.
+    Returns:
+        the command lines. The test files under the stage's paths are dealt largest first, each
+        to the shard with the fewest bytes of test code so far."""
+    if stage.kind != "tests" or stage.shards <= 1:
+        return [stage_command(stage, ctx)]
+    paths = [a for a in stage.args if not a.startswith("-") and (ROOT / a).exists()]
+    options = [a for a in stage.args if a not in paths]
+    files = sorted({f for a in paths for f in ([ROOT / a] if (ROOT / a).is_file()
+                                                else (ROOT / a).glob("test_*.py"))},
+                   key=lambda f: (-f.stat().st_size, f.name))
+    shards: list[list[Path]] = [[] for _ in range(min(stage.shards, len(files)))]
+    for f in files:
+        min(shards, key=lambda group: sum(g.stat().st_size for g in group)).append(f)
+    return [stage_command(Stage(stage.key, stage.title, stage.kind, (
+        *(str(f.relative_to(ROOT)) for f in sorted(group)), *options)), ctx) for group in shards]
+
+
+def stage_env(stage: Stage, ctx: Context) -> dict[str, str]:
+    """Args: a Stage and the run's Context. Returns: the stage's environment (benchmarks never
+    run with TRITON_INTERPRET: the interpreter is never timed)."""
+    env = dict(ctx.env, **dict(stage.env))
+    if stage.kind != "build":
+        env["FASTGAN_GPU_CHECK_TESTLOG"] = str(ctx.testlog(stage))
+    if stage.kind == "bench":
+        env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def describe(stage: Stage, ctx: Context) -> str:
+    """Args: a Stage and the Context. Returns: its command as a shell line, and in how many
+    processes it runs when it is sharded."""
+    n = len(shard_commands(stage, ctx))
+    return shown_command(stage_command(stage, ctx), ctx) + (
+        f"  (as {n} processes side by side, by test file)" if n > 1 else "")
+
+
+def shown_command(cmd: list[str], ctx: Context) -> str:
+    """Args: a command line and the Context. Returns: it as a shell line, `python` for the
+    interpreter and paths relative to the temporary and results folders."""
+    text = " ".join(shlex.quote("python" if c == ctx.py else c) for c in cmd)
+    return text.replace(str(ctx.tmp), "<tmp>").replace(str(ctx.out), "<out>")
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+def run_processes(cmds: list[list[str]], env: dict[str, str],
+                  timeout: float) -> tuple[str, int | None, str]:
+    """Run the commands side by side in ROOT, each in its own process group, for at most
+    `timeout` seconds in all.
+
+    Args:
+        cmds: the command lines; env: their environment; timeout: seconds.
+    Returns:
+        (status, rc, output): status "passed" (every rc 0, or pytest's 5, "no tests collected",
+        beside a 0), "failed" (rc: the first other), or "cut" (still running at the timeout:
+        killed, rc None); output: stdout and stderr of each, one after the other."""
+    deadline = time.monotonic() + timeout
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in cmds]
+        procs: list[subprocess.Popen | None] = []
+        for cmd, out in zip(cmds, outs):
             try:
-                proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
+                procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT, text=True,
+                                              start_new_session=True))
             except OSError as err:
-                self.status, self.output = "failed", f"could not start: {err}"
-            else:
-                try:
-                    self.rc = proc.wait(timeout=self.timeout)
-                    self.status = "passed" if self.rc == 0 else "failed"
-                    if self.rc == 5 and "pytest" in self.cmd:  # pytest: no tests collected
-                        self.status, self.note = "no tests", "(pytest selected no tests)"
-                except subprocess.TimeoutExpired:
-                    self.status = "timeout"
-                    _kill_group(proc)
-                out.seek(0)
-                self.output = out.read()
-        self.seconds = time.perf_counter() - t0
-        log.write(f"\n{'=' * 100}\n== {self.name}: {self.command}\n== status {self.status}, "
-                  f"rc {self.rc}, {self.seconds:.1f} s\n{'=' * 100}\n{self.output}\n")
-        log.flush()
-        print(f"[gpu_check] {self.name}: {self.status} (rc {self.rc}) in {self.seconds:.1f} s",
-              flush=True)
-
-    def tail(self, n: int = TAIL_CHARS) -> str:
-        return self.output[-n:]
+                out.write(f"could not start: {err}\n")
+                procs.append(None)
+        rcs: list[int | None] = []
+        for proc in procs:
+            if proc is None:
+                rcs.append(-1)
+                continue
+            try:
+                rcs.append(proc.wait(timeout=max(deadline - time.monotonic(), 0.01)))
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                rcs.append(None)
+        texts = []
+        for cmd, out, rc in zip(cmds, outs, rcs):
+            out.seek(0)
+            head = f"--- {' '.join(cmd)} (rc {rc})\n" if len(cmds) > 1 else ""
+            texts.append(head + out.read())
+    output = "\n".join(texts)
+    if None in rcs:
+        return "cut", None, output
+    bad = [rc for rc in rcs if rc not in (0, 5)]
+    if bad:
+        return "failed", bad[0], output
+    return "passed", (0 if 0 in rcs else 5), output
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Stop the step we started: its whole process group (pytest workers, nvcc), by id."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    """Stop the stage we started: its whole process group (pytest workers, nvcc), by id."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=wait)
+            proc.wait(timeout=5)
             return
         except subprocess.TimeoutExpired:
             continue
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line cut by a kill
-    return rows
+def run_stage(stage: Stage, timeout: float, ctx: Context, log) -> tuple[str, int | None, str]:
+    """Run one stage for at most `timeout` seconds and append its output to `log`.
+
+    Args:
+        stage, ctx: what to run and where; timeout: seconds; log: an open text file.
+    Returns:
+        (status, rc, output) as `run_processes`; pytest's "no tests collected" (rc 5) is
+        status "no tests"."""
+    cmds = shard_commands(stage, ctx)
+    shown = describe(stage, ctx)
+    print(f"[gpu_check] {stage.key}: {shown}  (timeout {timeout:.0f} s)", flush=True)
+    status, rc, output = run_processes(cmds, stage_env(stage, ctx), timeout)
+    if rc == 5 and stage.kind != "build":
+        status = "no tests"
+    log.write(f"\n{'=' * 100}\n== {stage.key}: {shown}\n== status {status}, "
+              f"rc {rc}\n{'=' * 100}\n{output}\n")
+    log.flush()
+    return status, rc, output
 
 
-def test_outcomes(path: Path) -> dict[str, dict]:
-    """nodeid -> {"outcome", "message"}: failed (or error, outside the call) beats skipped beats passed."""
-    rank = {"passed": 0, "xfailed": 0, "xpassed": 1, "skipped": 2, "failed": 3, "error": 3}
-    tests: dict[str, dict] = {}
-    for row in read_jsonl(path):
-        outcome = row["outcome"]
-        if outcome == "failed" and row["when"] != "call":
-            outcome = "error"
-        cur = tests.get(row["nodeid"])
-        if cur is None or rank[outcome] > rank[cur["outcome"]]:
-            tests[row["nodeid"]] = {"outcome": outcome, "message": row.get("message", "")}
-    return tests
+def run_stages(stages: tuple[Stage, ...], budget: Budget, skipped: dict[str, str],
+               run_one: Callable[[Stage, float], tuple[str, int | None, str]],
+               after_each: Callable[[list[StageRun]], None]) -> list[StageRun]:
+    """Spend the budget on the stages in their order.
 
-
-def count(tests: dict[str, dict]) -> dict[str, int]:
-    c: dict[str, int] = {}
-    for t in tests.values():
-        c[t["outcome"]] = c.get(t["outcome"], 0) + 1
-    return c
-
-
-def fmt_counts(c: dict[str, int]) -> str:
-    order = ["passed", "failed", "error", "skipped", "xfailed", "xpassed"]
-    parts = [f"{c[k]} {k}" for k in order if c.get(k)]
-    return ", ".join(parts) if parts else "no tests ran"
-
-
-# ---------------------------------------------------------------------------------------------
-# report
-
-def _ms(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4f}" if v < 0.1 else f"{v:.3f}"
-
-
-def _gbps(v) -> str:
-    return "-" if v is None else (f"{v:.0f}" if v >= 10 else f"{v:.2f}")
-
-
-def timing_tables(records: list[dict], copy_gbps: float | None) -> list[str]:
-    out: list[str] = []
-    by_op: dict[str, dict] = {}
-    for r in records:
-        key = (tuple(r["shape"]), r["dtype"], r["pass"])
-        by_op.setdefault(r["op"], {}).setdefault(key, {})[r["provider"]] = r
-    for op in list(OPS) + [o for o in by_op if o not in OPS]:
-        rows = by_op.get(op)
-        out.append(f"\n### {op}\n")
-        if not rows:
-            out.append("No benchmark results.")
-            continue
-        any_rec = next(iter(next(iter(rows.values())).values()))
-        out.append(f"Minimum bytes: {any_rec.get('byte_model', '?')}.\n")
-        timed_prov = [p for p in PROVIDERS if any(
-            p in row and "ms" in row[p] for row in rows.values())]
-        if not timed_prov:
-            reasons = sorted({r.get("reason", r["status"]) for row in rows.values()
-                              for r in row.values() if r["provider"] == "eager"})
-            out.append("Not timed: " + "; ".join(reasons))
-            continue
-        head = ["shape", "dtype", "pass"]
-        if copy_gbps:
-            head.append("floor ms")
-        for p in timed_prov:
-            head += [f"{p} ms", f"{p} GB/s"]
-        for p in ("triton", "cuda"):
-            if p in timed_prov:
-                head.append(f"{p} x eager")
-                if "compile" in timed_prov:
-                    head.append(f"{p} x compile")
-        if "compile" in timed_prov:
-            head.append("compile x eager")
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "---|" * len(head))
-        notes: list[str] = []
-        for (shape, dtype, pass_), row in rows.items():
-            cells = ["x".join(map(str, shape)), dtype, pass_]
-            if copy_gbps:
-                nbytes = next(iter(row.values()))["min_bytes"]
-                cells.append(_ms(nbytes / (copy_gbps * 1e9) * 1e3))
-            ms = {p: row[p]["ms"] for p in row if "ms" in row[p]}
-            for p in timed_prov:
-                r = row.get(p)
-                if r is None:
-                    cells += ["-", "-"]
-                elif "ms" in r:
-                    flag = " (mismatch)" if r["status"] == "mismatch" else ""
-                    cells += [_ms(r["ms"]) + flag, _gbps(r.get("gbps"))]
-                else:
-                    cells += [r["status"], ""]
-            for p in ("triton", "cuda"):
-                if p in timed_prov:
-                    cells.append(f"{ms['eager'] / ms[p]:.2f}x" if p in ms and "eager" in ms else "-")
-                    if "compile" in timed_prov:
-                        cells.append(f"{ms['compile'] / ms[p]:.2f}x" if p in ms and "compile" in ms else "-")
-            if "compile" in timed_prov:
-                cells.append(f"{ms['eager'] / ms['compile']:.2f}x" if "compile" in ms and "eager" in ms else "-")
-            out.append("| " + " | ".join(cells) + " |")
-            for p, r in row.items():
-                if r["status"] in ("error", "mismatch") or (
-                        r["status"] == "skipped" and p in timed_prov):
-                    notes.append(f"- {'x'.join(map(str, shape))} {dtype} {pass_} {p}: "
-                                 f"{r['status']}: {r.get('reason', '')}")
-        if notes:
-            out.append("")
-            out += notes
-    return out
-
-
-def not_timed_lines(records: list[dict]) -> list[str]:
-    """Providers skipped for a whole op, with the reason, once per (provider, reason)."""
-    timed = {(r["op"], r["provider"]) for r in records if "ms" in r}
-    groups: dict[tuple, list[str]] = {}
-    for r in records:
-        if r["status"] == "skipped" and (r["op"], r["provider"]) not in timed:
-            ops = groups.setdefault((r["provider"], r.get("reason", "")), [])
-            if r["op"] not in ops:
-                ops.append(r["op"])
-    return [f"- {p} ({', '.join(ops)}): {why}" for (p, why), ops in groups.items()]
-
-
-def write_report(path: Path, *, args, env: dict, git: dict, steps: list[Step], tests_cuda: dict,
-                 tests_rest: dict, bench_tests: dict, records: list[dict], bench_quick: bool,
-                 stem: str, started: str, elapsed: float) -> None:
-    L: list[str] = []
-    gpu = env.get("gpu") or "no GPU"
-    L.append(f"# fastgan GPU check: {gpu}, {started[:10]}\n")
-    L.append("Written by `scripts/gpu_check.py`. Raw data beside this file: "
-             f"`{stem}.json` (pytest-benchmark), `{stem}.records.jsonl` (one line per benchmark), "
-             f"`{stem}.log` (every step's full output).\n")
-    dirty = git.get("dirty_files")
-    commit = git["commit"] + (f" ({git['subject']})" if git.get("subject") else "")
-    if dirty:
-        commit += f", plus {dirty} uncommitted changed/untracked files"
-    tf32 = env.get("tf32", {})
-    rows = [
-        ("device", f"{gpu}" + (f" (sm_{env['capability'].replace('.', '')}, {env.get('sms')} SMs, "
-                               f"{env.get('memory_gib')} GiB)" if env.get("capability") else "")),
-        ("nvidia-smi", env.get("nvidia_smi") or "-"),
-        ("torch / CUDA runtime", f"{env.get('torch', '?')} / {env.get('cuda_runtime', '?')}"),
-        ("triton", env.get("triton", "?")),
-        ("python", env.get("python", "?")),
-        ("fastgan", env.get("fastgan") or env.get("fastgan_error", "?")),
-        ("git commit", commit),
-        ("date", started),
-        ("TF32 (torch defaults, as the tests and benchmarks ran unless a test sets its own)",
-         ", ".join(f"{k}={v}" for k, v in tf32.items()) or "?"),
-        ("device copy bandwidth", f"{env['copy_gbps']:.0f} GB/s (1 GiB device copy, read + write)"
-         if env.get("copy_gbps") else "-"),
-        ("command", "python scripts/gpu_check.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])),
-        ("total time", f"{elapsed:.0f} s"),
-    ]
-    L.append("| | |\n|---|---|")
-    L += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]
-    if env.get("backends"):
-        L.append("\nfastgan backends (`fastgan.available_backends()`, before the build step):\n")
-        L += [f"- {k}: {'available' if ok else 'unavailable'}: {why}"
-              for k, (ok, why) in env["backends"].items()]
-    if env.get("probe_error") or env.get("torch_error"):
-        L.append(f"\nEnvironment probe problem: `{env.get('probe_error') or env.get('torch_error')}`")
-
-    L.append("\n## Steps\n")
-    L.append("| step | status | time | outcome | command |\n|---|---|---|---|---|")
-    outcome_of = {"GPU tests": fmt_counts(count(tests_cuda)), "other tests": fmt_counts(count(tests_rest)),
-                  "benchmarks": fmt_counts(count(bench_tests)) + (" (quick shape set)" if bench_quick else "")}
-    for s in steps:
-        status = {"passed": "ok", "failed": f"**FAILED** (rc {s.rc})", "timeout":
-                  f"**TIMEOUT** after {s.timeout:.0f} s"}.get(s.status, s.status)
-        outcome = outcome_of.get(s.name, "") + (f" {s.note}" if s.note else "")
-        L.append(f"| {s.name} | {status} | {s.seconds:.0f} s | {outcome.strip()} | `{s.command}` |")
-
-    L.append("\n## Correctness (test outcomes)\n")
-    all_tests = {**tests_rest, **tests_cuda}
-    if not all_tests:
-        L.append("No test outcomes were recorded.")
-    else:
-        L.append("| test file | op | GPU tests (-m cuda) | other tests | verdict |\n|---|---|---|---|---|")
-        files = sorted({n.split("::")[0] for n in all_tests})
-        for f in files:
-            cu = {k: v for k, v in tests_cuda.items() if k.split("::")[0] == f}
-            ot = {k: v for k, v in tests_rest.items() if k.split("::")[0] == f}
-            both = {**ot, **cu}
-            bad = sum(1 for t in both.values() if t["outcome"] in ("failed", "error"))
-            ran = sum(1 for t in both.values() if t["outcome"] in ("passed", "xfailed", "xpassed"))
-            verdict = "**FAIL**" if bad else ("pass" if ran else "nothing ran")
-            op = next((o for o in OPS if o in f), "")
-            L.append(f"| `{f}` | {op} | {fmt_counts(count(cu)) if cu else '-'} | "
-                     f"{fmt_counts(count(ot)) if ot else '-'} | {verdict} |")
-        L.append("\nPer op (all its tests, any file whose name contains the op):\n")
-        for op in OPS:
-            mine = {k: v for k, v in all_tests.items() if op in k.split("::")[0]}
-            L.append(f"- {op}: {fmt_counts(count(mine)) if mine else 'no tests found'}")
-        failed = [(k, v) for k, v in all_tests.items() if v["outcome"] in ("failed", "error")]
-        if failed:
-            L.append(f"\nFailures ({len(failed)}):\n")
-            for k, v in failed[:60]:
-                L.append(f"- `{k}`: {v['outcome']}: {v['message'].splitlines()[0] if v['message'] else ''}")
-            if len(failed) > 60:
-                L.append(f"- ... and {len(failed) - 60} more (see the log)")
-
-    L.append("\n## Timings\n")
-    if records:
-        timers = sorted({r.get("timer", "") for r in records if "ms" in r})
-        if all(t.startswith("cuda-events") for t in timers):
-            how = ("median time per call over CUDA events, the L2 cache flushed before each call "
-                   "(the `triton.testing.do_bench` method used in BASELINES.md)")
+    Args:
+        stages: in priority order.
+        budget: the run's Budget.
+        skipped: stage key -> why it is skipped regardless (an option).
+        run_one: run_one(stage, timeout) -> (status, rc, output).
+        after_each: called with all StageRuns before the first stage and after every stage
+            (writes the report).
+    Returns:
+        one StageRun per stage, in order."""
+    runs = [StageRun(s) for s in stages]
+    after_each(runs)
+    for run in runs:
+        stage = run.stage
+        left = budget.left()
+        if stage.key in skipped:
+            run.status, run.reason = "skipped", skipped[stage.key]
+        elif left < stage.min_s:
+            run.status = "skipped"
+            run.reason = (f"budget: it needs at least {stage.min_s:.0f} s, "
+                          f"{max(left, 0.0):.0f} s were left")
         else:
-            how = f"median time per call ({', '.join(timers)}; no GPU: indicative only)"
-        L.append(
-            f"ms: {how}. GB/s: minimum bytes "
-            "moved / that time. floor: minimum bytes / the device copy bandwidth above. "
-            "`x eager`, `x compile`: speedup of that provider (above 1 is faster). eager = the "
-            "op's plain-torch reference; compile = `torch.compile(reference, fullgraph=True, "
-            "dynamic=False)`; triton / cuda = `fastgan.functional` with that backend. "
-            "fwdbwd = forward, then `torch.autograd.grad` for all inputs with a fixed dy. "
-            "Before timing, each provider's outputs and gradients were compared with eager's "
-            "on the same inputs.")
-        skipped = not_timed_lines(records)
-        if skipped:
-            L.append("\nNot timed:\n")
-            L += skipped
-        L += timing_tables(records, env.get("copy_gbps"))
-    else:
-        L.append("No benchmark results were recorded.")
+            run.timeout = left if stage.max_s is None else min(stage.max_s, left)
+            t0 = clock()
+            run.status, run.rc, run.output = run_one(stage, run.timeout)
+            run.seconds = clock() - t0
+            if run.status == "cut":
+                run.reason = f"still running at its timeout ({run.timeout:.0f} s): killed"
+            print(f"[gpu_check] {stage.key}: {run.status} (rc {run.rc}) in {run.seconds:.0f} s; "
+                  f"{max(budget.left(), 0.0):.0f} s of the budget left", flush=True)
+        if run.status == "skipped":
+            print(f"[gpu_check] {stage.key}: skipped: {run.reason}", flush=True)
+        after_each(runs)
+    return runs
 
-    failed_steps = [s for s in steps if s.status in ("failed", "timeout")]
-    if failed_steps:
-        L.append("\n## Output of failed steps (tail)\n")
-        for s in failed_steps:
-            L.append(f"### {s.name} ({s.status})\n\n```\n{s.tail()}\n```")
-    path.write_text("\n".join(L) + "\n")
+
+def exit_status(runs: list[StageRun]) -> int:
+    """Args: the StageRuns. Returns: 1 when a stage failed or was cut, 3 when one was skipped
+    for lack of budget, else 0."""
+    if any(r.status in ("failed", "cut") for r in runs):
+        return 1
+    if any(r.status == "skipped" and r.reason.startswith("budget") for r in runs):
+        return 3
+    return 0
+
+
+def merge_bench_json(stage_json: Path, into: Path) -> None:
+    """Append the benchmarks of one stage's pytest-benchmark JSON to the run's JSON.
+
+    Args:
+        stage_json: the stage's file (absent or empty when the stage was cut: pytest-benchmark
+            writes it at the end); into: the run's file, created from the first stage's."""
+    if not stage_json.exists() or stage_json.stat().st_size == 0:
+        return
+    new = json.loads(stage_json.read_text())
+    if into.exists():
+        merged = json.loads(into.read_text())
+        merged["benchmarks"] += new.get("benchmarks", [])
+    else:
+        merged = new
+    into.write_text(json.dumps(merged, indent=1))
+
+
+def slug(text: str) -> str:
+    """Args: any text. Returns: it lower-cased, runs of other characters as one '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python scripts/gpu_check.py",
-        description="On a GPU machine: build the CUDA extension, run the GPU tests and the full "
-                    "suite, run the benchmarks, and write benchmarks/results/<date>-<gpu>.md "
-                    "(+ raw JSON and the full log).")
+        description="On a GPU machine, inside one time budget: build the CUDA extension, run the "
+                    "GPU tests, the penalty, op and layer benchmarks (in that priority), and write "
+                    "benchmarks/results/<date>-<gpu>.md (+ raw JSON and the full log) after every "
+                    "stage.")
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                    help=f"seconds for the whole run (default {DEFAULT_BUDGET_S:.0f})")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
-                    help="directory for the report, JSON and log (default: benchmarks/results/)")
-    ap.add_argument("--quick", action="store_true", help="benchmarks on the quick shape set")
-    ap.add_argument("--budget", type=float, default=450.0,
-                    help="seconds for the whole run; step timeouts come out of it (default 450)")
+                    help="folder for the report, JSON and log (default: benchmarks/results/)")
     ap.add_argument("--commit", help="git commit to record (where the checkout has no .git)")
-    ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--skip-build", action="store_true", help="skip the build stage")
+    ap.add_argument("--skip-tests", action="store_true", help="skip the test stages")
+    ap.add_argument("--skip-bench", action="store_true", help="skip the benchmark stages")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--allow-cpu", action="store_true",
-                    help="run every step even without a GPU (to try this script on CPU)")
-    ap.add_argument("--bench", nargs="+", default=["benchmarks/"], metavar="PATH",
-                    help="benchmark files or folders to run (default: benchmarks/); with "
-                         "--tag, lets a short GPU lease split the suite over several calls")
-    ap.add_argument("--tag", default="",
-                    help="suffix of the report's file names, so that split runs don't overwrite "
-                         "each other (e.g. --tag penalty -> <date>-<gpu>-penalty.md)")
-    args = ap.parse_args(argv)
+                    help="run the stages even without a GPU (to try this script on CPU)")
+    return ap
 
-    t0 = time.perf_counter()
+
+def _skipped_by_options(args) -> dict[str, str]:
+    chosen = {kind for kind, flag in SKIP_OPTIONS.items()
+              if getattr(args, flag[2:].replace("-", "_"))}
+    return {s.key: f"option {SKIP_OPTIONS[s.kind]}" for s in STAGES if s.kind in chosen}
+
+
+def _print_plan(args, ctx: Context, skipped: dict[str, str]) -> None:
+    print(f"gpu_check plan (dry run; nothing is run): budget {args.budget:.0f} s, "
+          f"{MARGIN_S:.0f} s of it kept back for killing a cut stage and writing the report")
+    for i, s in enumerate(STAGES, 1):
+        bounds = f"needs >= {s.min_s:.0f} s, timeout " + (
+            f"<= {s.max_s:.0f} s" if s.max_s is not None else "what is left")
+        state = f"skipped ({skipped[s.key]})" if s.key in skipped else bounds
+        print(f"  {i}. {s.key}: {s.title} [{state}]\n     {describe(s, ctx)}")
+    print(f"  report: {ctx.report} (+ .json, .records.jsonl, .log), rewritten after every stage")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command.
+
+    Args:
+        argv: the options (default: sys.argv[1:]).
+    Returns:
+        the exit status (see the module docstring)."""
+    args = _parser().parse_args(argv)
+    budget = Budget(args.budget)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), str(SCRIPTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONUNBUFFERED"] = "1"
-    bench_env = dict(env)
-    bench_env.pop("TRITON_INTERPRET", None)  # never time the interpreter
-    # a kernel fault is reported by the op that caused it, not by a later one
-    gpu_test_env = dict(env, CUDA_LAUNCH_BLOCKING="1")
-
-    py = sys.executable
-    plan = [
-        ("build", [py, "-m", "fastgan.build"]),
-        ("GPU tests", [py, "-m", "pytest", "tests", "-m", "cuda", "-q", "-rfE", "-p", "gpu_check"]),
-        ("other tests", [py, "-m", "pytest", "tests", "-m", "not cuda", "-q", "-rfE", "-p", "gpu_check"]),
-        ("benchmarks", [py, "-m", "pytest", *args.bench, "--benchmark-only", "-q", "-p", "gpu_check",
-                        "--benchmark-json=<out>/<stem>.json", "--fastgan-records=<out>/<stem>.records.jsonl"]
-         + (["--fastgan-quick"] if args.quick else [])),
-    ]
+    skipped = _skipped_by_options(args)
+    out = args.out.resolve()
     if args.dry_run:
-        print("gpu_check plan (dry run; nothing is run):")
-        for name, cmd in plan:
-            print(f"  {name}: {' '.join(shlex.quote('python' if c == py else c) for c in cmd)}")
-        print(f"  report: {args.out}/<YYYY-MM-DD>-<gpu-name-slug>.md (+ .json, .records.jsonl, .log)")
+        _print_plan(args, Context(out, "<YYYY-MM-DD>-<gpu-name-slug>", Path("<tmp>"), env), skipped)
         return 0
 
     print("[gpu_check] probing the environment ...", flush=True)
@@ -536,72 +485,49 @@ def main(argv=None) -> int:
         msg = f"[gpu_check] no CUDA GPU present ({why}); nothing to check on this machine."
         if not args.allow_cpu:
             print(msg + " Run it on a GPU machine; --dry-run shows the plan, --allow-cpu runs the "
-                  "steps anyway.", file=sys.stderr)
+                  "stages anyway.", file=sys.stderr)
             return 2
-        print(msg + " --allow-cpu: running the steps anyway.", flush=True)
-
-    gpu_name = info.get("gpu") or "cpu"
-    stem = f"{started[:10]}-{slug(gpu_name)}" + (f"-{slug(args.tag)}" if args.tag else "")
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    md, bench_json = out / f"{stem}.md", out / f"{stem}.json"
-    records_path, log_path = out / f"{stem}.records.jsonl", out / f"{stem}.log"
-    for p in (bench_json, records_path):
-        if p.exists():
-            p.unlink()
-    git = git_info(args.commit)
-    print(f"[gpu_check] {gpu_name}; torch {info.get('torch')}, triton {info.get('triton')}; "
-          f"commit {git['commit']}; report -> {md}", flush=True)
+        print(msg + " --allow-cpu: running the stages anyway.", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    logs = {"GPU tests": tmp / "tests_cuda.jsonl", "other tests": tmp / "tests_rest.jsonl",
-            "benchmarks": tmp / "bench_tests.jsonl"}
-    # (planned timeout, least time to keep for each later step)
-    limits = {"build": (300, 0), "GPU tests": (150, 30), "other tests": (180, 30), "benchmarks": (10**6, 60)}
-    skip = {"build": args.skip_build, "GPU tests": args.skip_tests, "other tests": args.skip_tests,
-            "benchmarks": args.skip_bench}
-    steps: list[Step] = []
-    bench_quick = args.quick
-    with open(log_path, "w") as log:
-        log.write(f"gpu_check {started}\nenvironment: {json.dumps(info, indent=1)}\ngit: {git}\n")
-        names = [n for n, _ in plan]
-        for i, (name, cmd) in enumerate(plan):
-            cmd = [c.replace("<out>", str(out)).replace("<stem>", stem) for c in cmd]
-            left = args.budget - (time.perf_counter() - t0)
-            reserve = sum(limits[n][1] for n in names[i + 1:] if not skip[n])
-            timeout = max(30.0, min(limits[name][0], left - reserve - 10))
-            if name == "benchmarks" and not bench_quick and timeout < 300:
-                bench_quick = True
-                cmd.append("--fastgan-quick")
-            step_env = {"benchmarks": bench_env, "GPU tests": gpu_test_env}.get(name, env)
-            step = Step(name, cmd, timeout, step_env, logs.get(name))
-            steps.append(step)
-            if skip[name]:
-                step.status = "skipped (option)"
-                continue
-            if name == "benchmarks" and bench_quick and not args.quick:
-                step.note = f"(switched to quick: {timeout:.0f} s were left)"
-            step.run(log)
+    ctx = Context(out, f"{started[:10]}-{slug(info.get('gpu') or 'cpu')}", tmp, env)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in (ctx.bench_json, ctx.records):
+        p.unlink(missing_ok=True)
+    git = git_info(args.commit)
+    print(f"[gpu_check] {info.get('gpu') or 'cpu'}; torch {info.get('torch')}, triton "
+          f"{info.get('triton')}; commit {git['commit']}; budget {args.budget:.0f} s; report -> "
+          f"{ctx.report}", flush=True)
+    command = "python scripts/gpu_check.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
-    tests_cuda = test_outcomes(logs["GPU tests"])
-    tests_rest = test_outcomes(logs["other tests"])
-    bench_tests = test_outcomes(logs["benchmarks"])
-    records = read_jsonl(records_path)
-    elapsed = time.perf_counter() - t0
-    write_report(md, args=args, env=info, git=git, steps=steps, tests_cuda=tests_cuda,
-                 tests_rest=tests_rest, bench_tests=bench_tests, records=records,
-                 bench_quick=bench_quick, stem=stem, started=started, elapsed=elapsed)
+    with open(ctx.log, "w") as log:
+        log.write(f"gpu_check {started}\nenvironment: {json.dumps(info, indent=1)}\ngit: {git}\n")
+
+        def run_one(stage: Stage, timeout: float):
+            result = run_stage(stage, timeout, ctx, log)
+            if stage.kind == "bench":
+                merge_bench_json(ctx.stage_json(stage), ctx.bench_json)
+            return result
+
+        commands = {s.key: describe(s, ctx) for s in STAGES}
+
+        def report(runs: list[StageRun]) -> None:
+            write_report(ctx, runs, commands=commands, env=info, git=git, started=started,
+                         command=command, budget=budget)
+
+        runs = run_stages(STAGES, budget, skipped, run_one, report)
     shutil.rmtree(tmp, ignore_errors=True)
-    if bench_json.exists() and bench_json.stat().st_size == 0:
-        bench_json.unlink()  # pytest-benchmark opens it at start; empty = the run never finished
-    print(f"[gpu_check] wrote {md}")
-    for p in (bench_json, records_path, log_path):
+    status = exit_status(runs)
+    print(f"[gpu_check] wrote {ctx.report}")
+    for p in (ctx.bench_json, ctx.records, ctx.log):
         if p.exists():
             print(f"[gpu_check] wrote {p}")
-    bad = [s.name for s in steps if s.status in ("failed", "timeout")]
-    print(f"[gpu_check] {'all steps passed' if not bad else 'FAILED steps: ' + ', '.join(bad)} "
-          f"in {elapsed:.0f} s")
-    return 1 if bad else 0
+    problems = [f"{r.stage.key} {r.status}" for r in runs if r.status in ("failed", "cut")] + \
+        [f"{r.stage.key} skipped ({r.reason})" for r in runs if r.reason.startswith("budget")]
+    print(f"[gpu_check] done in {budget.elapsed():.0f} s, exit status {status}: "
+          f"{'; '.join(problems) if problems else 'every stage that ran passed'}")
+    return status
 
 
 if __name__ == "__main__":

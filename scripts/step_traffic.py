@@ -7,7 +7,7 @@ Runs the step (D(x_hat) penalty, D(fake), D(real), drift, backward) under FakeTe
 size, for the plain-torch D with the penalty as usually written and for fastgan's D and penalty,
 and prints per op: calls and bytes (tensor inputs + outputs: what a kernel that reads each input
 and writes each output once moves), plus the bytes autograd keeps before the backward. Views and
-metadata ops are left out. "floor ms" = bytes / 3002 GB/s (BASELINES.md's H100 copy rate): a
+metadata ops are left out. "floor ms" = bytes / 3002 GB/s (docs/baselines.md's H100 copy rate): a
 lower bound for the memory-bound ops, not a timing. Convolutions are counted apart: they are
 compute-bound. A model of the step, to see where bytes go; only a GPU run measures it.
 """

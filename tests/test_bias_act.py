@@ -6,7 +6,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import bias_act as ba
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 ACTS = ["linear", "relu", "lrelu"]
 
@@ -169,12 +169,13 @@ def test_third_derivative_runs_the_kernels(device, backend):
     """The double backward's vjp is the backward op: check it (and its own vjp) numerically."""
     x = _input((2, 3, 2, 3), "nchw", torch.float64, device, 12)
     b = _randn((3,), torch.float64, device, 13)
-    y, mask = ba._bias_act_op(x, b, "lrelu", 0.2, 1.1, 1, True, backend)
+    y, mask = torch.ops.fastgan.bias_act(x, b, "lrelu", 0.2, 1.1, 1, True, backend)
     gg_x = torch.randn_like(x).requires_grad_()
     gg_b = _randn((3,), torch.float64, device, 14).requires_grad_()
 
     def f(gx, gb):
-        return ba._bias_act_double_backward_op(gx, gb, mask, "lrelu", 0.2, 1.1, 1, backend)
+        return torch.ops.fastgan.bias_act_double_backward(gx, gb, mask, "lrelu", 0.2, 1.1, 1,
+                                                          backend)
 
     assert torch.autograd.gradcheck(f, (gg_x, gg_b), fast_mode=True)
     assert torch.autograd.gradgradcheck(f, (gg_x, gg_b), fast_mode=True)
@@ -185,13 +186,15 @@ def test_third_derivative_runs_the_kernels(device, backend):
 def test_opcheck(device, backend, act):
     x = _input((2, 3, 4, 5), "cl", torch.float32, device, 15).requires_grad_()
     b = _randn((3,), torch.float32, device, 16).requires_grad_()
-    torch.library.opcheck(ba._bias_act_op, (x, b, act, 0.2, 1.4, 1, True, backend))
+    torch.library.opcheck(torch.ops.fastgan.bias_act, (x, b, act, 0.2, 1.4, 1, True, backend))
     # save_mask=False (what bias_act passes when no gradient can be asked for): no grad inputs
-    torch.library.opcheck(ba._bias_act_op, (x.detach(), None, act, 0.2, 1.4, 1, False, backend))
-    _, mask = ba._bias_act_op(x.detach(), b.detach(), act, 0.2, 1.4, 1, True, backend)
+    torch.library.opcheck(torch.ops.fastgan.bias_act,
+                          (x.detach(), None, act, 0.2, 1.4, 1, False, backend))
+    _, mask = torch.ops.fastgan.bias_act(x.detach(), b.detach(), act, 0.2, 1.4, 1, True, backend)
     dy = torch.randn_like(x).requires_grad_()
-    torch.library.opcheck(ba._bias_act_backward_op, (dy, mask, True, act, 0.2, 1.4, 1, backend))
-    torch.library.opcheck(ba._bias_act_double_backward_op,
+    torch.library.opcheck(torch.ops.fastgan.bias_act_backward,
+                          (dy, mask, True, act, 0.2, 1.4, 1, backend))
+    torch.library.opcheck(torch.ops.fastgan.bias_act_double_backward,
                           (torch.randn_like(x).requires_grad_(),
                            b.detach().clone().requires_grad_(), mask, act, 0.2, 1.4, 1, backend))
 
@@ -228,7 +231,7 @@ class _Counting:
                                             if p.values[1] == "triton"])
 def test_triton_backend_launches_its_kernels(device, backend, monkeypatch):
     log = []
-    for name in ("_bias_act_fwd_kernel", "_bias_act_grad_kernel", "_sum_partials_kernel"):
+    for name in ("_bias_act_fwd_kernel", "_bias_act_bwd_kernel", "_bias_act_sum_partials_kernel"):
         monkeypatch.setattr(ba, name, _Counting(getattr(ba, name), log, name))
     x = _input((2, 3, 64, 64), "nchw", torch.float32, device, 19).requires_grad_()
     b = _randn((3,), torch.float32, device, 20).requires_grad_()
@@ -243,10 +246,10 @@ def test_triton_backend_launches_its_kernels(device, backend, monkeypatch):
         torch.autograd.grad(dx.sum() + db.sum(), x)
     names = [n for n, _ in log]
     assert names[0] == "_bias_act_fwd_kernel" and log[0][1]["MASK"]
-    assert names.count("_bias_act_grad_kernel") >= 2  # backward, double backward
-    assert "_sum_partials_kernel" in names  # two programs: a second reduction stage
-    assert any(k.get("PARTIAL") for n, k in log if n == "_bias_act_grad_kernel")
-    assert any(k.get("HAS_V") for n, k in log if n == "_bias_act_grad_kernel")
+    assert names.count("_bias_act_bwd_kernel") >= 2  # backward, double backward
+    assert "_bias_act_sum_partials_kernel" in names  # two programs: a second reduction stage
+    assert any(k.get("PARTIAL") for n, k in log if n == "_bias_act_bwd_kernel")
+    assert any(k.get("HAS_V") for n, k in log if n == "_bias_act_bwd_kernel")
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
@@ -343,7 +346,7 @@ def test_kernel_op_on_empty_tensors(device, backend, shape, dim):
     x = torch.randn(shape, device=device, requires_grad=True)
     b = torch.randn(shape[dim], device=device, requires_grad=True)
     v = torch.randn(shape, device=device, requires_grad=True)
-    y = ba._bias_act_op(x, b, "lrelu", 0.2, 1.0, dim, True, backend)[0]
+    y = torch.ops.fastgan.bias_act(x, b, "lrelu", 0.2, 1.0, dim, True, backend)[0]
     dx, db = torch.autograd.grad(y, (x, b), v, create_graph=True)
     (gv,) = torch.autograd.grad(dx.sum() + db.sum(), v)  # through the double backward op
     assert y.shape == dx.shape == gv.shape == x.shape and db.shape == b.shape and not db.any()
@@ -375,13 +378,13 @@ def _sm90_specs():
                                      1)
                 for has_v, partial in ((False, True), (True, False)):
                     specs.append(kernel_spec(
-                        mod, "_bias_act_grad_kernel",
+                        mod, "_bias_act_bwd_kernel",
                         ptrs={"u_ptr": dt, "v_ptr": "fp32", "m_ptr": "i1", "out_ptr": dt,
                               "part_ptr": part},
                         args=dict(ACT=act, HAS_V=has_v, PARTIAL=partial, ACC=acc, **unit,
                                   **blocks),
                         types=fp64, **tag))
-    specs.append(kernel_spec(mod, "_sum_partials_kernel",
+    specs.append(kernel_spec(mod, "_bias_act_sum_partials_kernel",
                              ptrs={"part_ptr": "fp32", "out_ptr": "fp32"},
                              args=dict(ACC=tl.float32, BLOCK_P=32, BLOCK_C=128),
                              dtype="fp32", act=0, cl=False))
@@ -399,7 +402,7 @@ def test_kernels_compile_for_sm90():
     assert len(results) == 3 * 3 * 2 * 3 + 1
     for r in results:
         assert r["ok"], r["error"]
-        if r["kernel"] != "_sum_partials_kernel":
+        if r["kernel"] != "_bias_act_sum_partials_kernel":
             assert r["vector_loads"] > 0, r
         if r["dtype"] != "fp64":
             assert r["f64"] <= 8, r

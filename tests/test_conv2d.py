@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import conv2d as cv
-from conftest import assert_close
+from helpers import assert_close
 
 # The conv has no kernels of its own: "ref" is torch's convolution and every other backend runs
 # the Functions. On CPU "triton" selects them; on a GPU, "triton" and "cuda" do.

@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 import fastgan
 from fastgan.nn import EqualConv2d, EqualLinear, FusedLeakyReLU
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 
 def _randn(shape, device="cpu", seed=0, dtype=torch.float64):
@@ -26,7 +26,7 @@ def _act(y, m):
 
 
 def conv_formula(m: EqualConv2d, x, weight=None, bias=None):
-    """DESIGN.md's EqualConv2d, op by op: scale, (upsample), conv, (pool), bias, act, gain."""
+    """docs/math.md's EqualConv2d, op by op: scale, (upsample), conv, (pool), bias, act, gain."""
     weight = m.weight if weight is None else weight
     bias = m.bias if bias is None else bias
     fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
@@ -327,7 +327,7 @@ def test_bad_input():
         EqualConv2d(3, 4, 1, padding=1, resample="up", fused_resample=True)
     with pytest.raises(ValueError, match="cannot be fused exactly.*stride"):
         EqualConv2d(3, 4, 3, stride=2, resample="down", fused_resample=True)
-    with pytest.raises(ValueError, match="lr_mul must be a positive number"):
+    with pytest.raises(ValueError, match="lr_mul must be > 0"):
         EqualConv2d(3, 4, 3, lr_mul=0)
     with pytest.raises(ValueError, match="kernel_size must be an int or a pair"):
         EqualConv2d(3, 4, "3")

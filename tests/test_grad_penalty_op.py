@@ -5,7 +5,7 @@ import torch
 
 import fastgan
 from fastgan.ops import grad_penalty as gp
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, layout): odd sizes, channels_last, batch 1, a 1-D and 2-D g, a non-dense slice, and a
 # sample of 4500 elements (more than one 4096-element chunk: the two-stage reduction).
@@ -145,7 +145,7 @@ def test_kernel_op_on_empty_samples(device, backend, shape, mode):
     element have norm 0, to the double backward."""
     g = torch.zeros(shape, device=device)
     dp, dn = torch.randn(2, shape[0], device=device)
-    got = _run(lambda t: gp._grad_penalty_op(t, 3.0, 0.5, mode, backend), g, dp, dn, g)
+    got = _run(lambda t: torch.ops.fastgan.grad_penalty(t, 3.0, 0.5, mode, backend), g, dp, dn, g)
     want = _run(lambda t: gp.grad_penalty_ref(t, 3.0, 0.5, mode, return_norm=True), g, dp, dn, g)
     for a, b, name in zip(got, want, ("p", "norm", "dg", "d2")):
         assert_close(a, b, torch.float32, name)
@@ -181,15 +181,15 @@ def test_triton_backend_launches_kernels(monkeypatch):
         dg.sum().backward()
     # forward (2), backward (1), double backward (2), then d/d norm flows back through the
     # forward's vjp: the backward kernel once more.
-    assert launched == [gp._sumsq_partial_kernel, gp._penalty_finalize_kernel,
-                        gp._penalty_bwd_kernel, gp._penalty_bwd2_kernel,
-                        gp._penalty_bwd2_finalize_kernel, gp._penalty_bwd_kernel]
+    assert launched == [gp._grad_penalty_fwd_kernel, gp._grad_penalty_fwd_finalize_kernel,
+                        gp._grad_penalty_bwd_kernel, gp._grad_penalty_bwd2_kernel,
+                        gp._grad_penalty_bwd2_finalize_kernel, gp._grad_penalty_bwd_kernel]
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
 def test_opcheck(device, backend):
     g = _g((3, 4, 3, 3), "cl", torch.float32, device, 7).requires_grad_()
-    p, norm = (t.detach() for t in gp._grad_penalty_op(g, 10.0, 1.0, "gp", backend))
+    p, norm = (t.detach() for t in torch.ops.fastgan.grad_penalty(g, 10.0, 1.0, "gp", backend))
     dp, dn = torch.randn_like(p).requires_grad_(), torch.randn_like(p).requires_grad_()
     gg = torch.randn(g.shape, device=device)
     torch.library.opcheck(torch.ops.fastgan.grad_penalty, (g, 10.0, 1.0, "gp", backend))
@@ -267,7 +267,8 @@ def test_kernels_compile_for_sm90():
             specs += record_launches(gp, gp._triton_double_backward, gg, dp_, dn, g, norm, w,
                                      1.0, mode, tag=tag)
     assert len(specs) == 10 * len(cases)
-    streaming = ("_sumsq_partial_kernel", "_penalty_bwd_kernel", "_penalty_bwd2_kernel")
+    streaming = ("_grad_penalty_fwd_kernel", "_grad_penalty_bwd_kernel",
+                 "_grad_penalty_bwd2_kernel")
     for r in compile_sm90(specs):
         assert r["ok"], r["error"]
         if r["kernel"] in streaming:

@@ -1,4 +1,4 @@
-"""fastgan.losses against the formulas of REFERENCES.md, written out independently."""
+"""fastgan.losses against the formulas of docs/math.md, written out independently."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fastgan.losses as L
-from conftest import assert_close
+from helpers import assert_close
 
 
 def _scores(seed=0, n=6, k=1):

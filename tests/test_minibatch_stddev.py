@@ -7,7 +7,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import minibatch_stddev as mb
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, group_size, num_features, layout, unbiased, channels_last): N=6 in groups of 3,
 # 33 channels (split over several programs), batch 1 / group_size > N / one channel, 1x1 spatial,
@@ -251,8 +251,9 @@ def test_triton_backend_launches_kernels(monkeypatch):
         dx.sum().backward()
     # forward, backward, then dx.sum().backward(): the double backward, and (dx depends on x
     # through dy = 2y too) the backward once more
-    assert launched == [mb._mbstd_fwd_kernel, mb._mbstd_fill_kernel, mb._mbstd_bwd_kernel,
-                        mb._mbstd_bwd2_kernel, mb._mbstd_fill_kernel, mb._mbstd_bwd_kernel]
+    assert launched == [mb._minibatch_stddev_fwd_kernel, mb._minibatch_stddev_fill_kernel,
+                        mb._minibatch_stddev_bwd_kernel, mb._minibatch_stddev_bwd2_kernel,
+                        mb._minibatch_stddev_fill_kernel, mb._minibatch_stddev_bwd_kernel]
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_DEVICE_BACKENDS)
@@ -285,7 +286,8 @@ def test_compile_fullgraph(monkeypatch, device, backend, compiler):
         monkeypatch.setattr(mb, "minibatch_stddev_ref", lambda *a: pytest.fail("reference ran"))
         compiled = torch.compile(model, fullgraph=True, backend=compiler)(x)
         (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), model[0].weight)
-    assert mb._mbstd_fwd_kernel in launched and mb._mbstd_bwd_kernel in launched
+    assert mb._minibatch_stddev_fwd_kernel in launched
+    assert mb._minibatch_stddev_bwd_kernel in launched
     assert_close(compiled, eager, name="compiled")
     assert_close(compiled_grad, eager_grad, name="compiled grad")
 
@@ -404,7 +406,7 @@ def test_kernels_compile_for_sm90():
     assert len(specs) == 5 * len(cases)  # fwd + fill, bwd, bwd2 + fill
     for r in compile_sm90(specs):
         assert r["ok"], r["error"]
-        if r["cl"] and r["kernel"] != "_mbstd_fill_kernel":
+        if r["cl"] and r["kernel"] != "_minibatch_stddev_fill_kernel":
             assert r["max_load_bytes"] > r["dtype"].itemsize, r  # more than 1 element a load
         if r["dtype"] != torch.float64:
             assert r["f64"] <= 4, r

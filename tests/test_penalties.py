@@ -8,7 +8,7 @@ from torch import nn
 
 import fastgan
 import fastgan.penalties as P
-from conftest import DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, assert_close
 
 N = 4
 

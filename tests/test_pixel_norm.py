@@ -6,7 +6,7 @@ import torch
 import fastgan
 import fastgan.functional as FF
 from fastgan.ops import pixel_norm as pn
-from conftest import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, KERNEL_DEVICE_BACKENDS, assert_close
 
 # (shape, dim, channels_last): odd channel counts, 1x1 spatial, batch 1, [N, C], a non-1 dim,
 # and C > 1024, which makes the kernels sweep C in several chunks.
@@ -208,7 +208,7 @@ def test_kernel_op_on_empty_tensors(device, backend, shape, dim):
     """The op itself (the wrapper hands empty tensors to the reference) on tensors emptied by
     any dim, a size-0 inner dim included, to the double backward."""
     x = torch.randn(shape, device=device, requires_grad=True)
-    y = pn._pixel_norm_op(x, 1e-8, dim, backend)
+    y = torch.ops.fastgan.pixel_norm(x, 1e-8, dim, backend)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     (gg,) = torch.autograd.grad(g.sum(), x)
     assert y.shape == g.shape == gg.shape == x.shape

@@ -11,7 +11,7 @@ import fastgan
 import fastgan.losses as L
 import fastgan.penalties as P
 from fastgan.models import Discriminator, Generator, PlainDiscriminator, fade_images, nf
-from conftest import DEVICE_BACKENDS, assert_close
+from helpers import DEVICE_BACKENDS, assert_close
 
 TINY = dict(fmap_base=64, fmap_max=16)  # widths 16, 16, 16, 8, 4, ...
 

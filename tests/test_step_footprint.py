@@ -9,7 +9,7 @@ images for the first conv. A leaky ReLU, a bias add, a zero fill or a cast of a 
 unfused pass over memory: exactly what the fused path exists to remove.
 
 What is kept: the bytes of the tensors autograd has saved and still holds when the D step's loss
-is complete, just before its backward, which is where the step's memory peaks (BASELINES.md: the
+is complete, just before its backward, which is where the step's memory peaks (docs/baselines.md: the
 eager step peaks at 11175 MiB at 256x256 fp32, where this count gives 10699 MiB). Counted by
 scripts/step_traffic.py under FakeTensorMode at the benchmark's real size (256x256, batch 16,
 official widths) without allocating it.
@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastgan
 import fastgan.penalties as P
-from conftest import KERNEL_DEVICE_BACKENDS, load_script
+from helpers import KERNEL_DEVICE_BACKENDS, load_script
 from fastgan.models.progan import Discriminator, Generator
 
 N, RES = 5, 16

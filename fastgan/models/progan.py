@@ -48,7 +48,15 @@ DOWN_ORDERS = ("official", "port")
 
 
 def nf(stage: int, fmap_base: int = 8192, fmap_max: int = 512, fmap_decay: float = 1.0) -> int:
-    """Feature maps of a stage: min(int(fmap_base / 2^(stage * fmap_decay)), fmap_max), >= 1."""
+    """Feature maps of a stage.
+
+    Args:
+        stage: log2(resolution) - 1 for a block's input side (0 for the last dense layer).
+        fmap_base, fmap_max, fmap_decay: the official code's width parameters.
+
+    Returns:
+        min(int(fmap_base / 2^(stage * fmap_decay)), fmap_max), at least 1.
+    """
     return max(1, min(int(fmap_base / (2.0 ** (stage * fmap_decay))), fmap_max))
 
 
@@ -60,7 +68,15 @@ def _log2_resolution(resolution: int, name: str = "resolution") -> int:
 
 
 def fade_images(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Real images during a fade-in: (1 - alpha) * upsample2x(avgpool2x(x)) + alpha * x."""
+    """Real images during a fade-in: (1 - alpha) * upsample2x(avgpool2x(x)) + alpha * x.
+
+    Args:
+        x: real images [N, C, R, R] (R even), float.
+        alpha: the fade-in weight of the new resolution, in [0, 1]; 1 returns x itself.
+
+    Returns:
+        Tensor shaped and typed like x.
+    """
     if alpha >= 1.0:
         return x
     low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
@@ -110,7 +126,19 @@ class _GBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """ProGAN generator from fastgan layers: z [N, latent_size] -> images [N, C, R, R]."""
+    """ProGAN generator from fastgan layers: z [N, latent_size] -> images [N, C, R, R].
+
+    Args:
+        resolution: R, the output resolution, a power of two >= 4.
+        num_channels: C, the image channels.
+        latent_size: the latent's size (default nf(0): 512 with the official widths).
+        fmap_base, fmap_max, fmap_decay: widths, see `nf`.
+        normalize_latents: pixel-normalize z first (official: True).
+        growing: keep a toRGB per resolution so that forward can run below R with a fade-in.
+
+    Forward: `G(z, resolution=None, alpha=1.0)`, z [N, latent_size] float ->
+    images [N, C, r, r] with r = resolution (default R; r < R or alpha < 1 need growing=True).
+    """
 
     def __init__(self, resolution: int = 128, num_channels: int = 3, latent_size: int | None = None,
                  *, fmap_base: int = 8192, fmap_max: int = 512, fmap_decay: float = 1.0,
@@ -225,7 +253,20 @@ class _DiscriminatorBase(nn.Module):
 
 class Discriminator(_DiscriminatorBase):
     """ProGAN discriminator from fastgan layers (EqualConv2d / EqualLinear with fused bias and
-    leaky ReLU, MinibatchStdDev): images [N, C, R, R] -> scores [N, 1]."""
+    leaky ReLU, MinibatchStdDev): images [N, C, R, R] -> scores [N, 1].
+
+    Args:
+        resolution: R, the input resolution, a power of two >= 4.
+        num_channels: C, the image channels.
+        fmap_base, fmap_max, fmap_decay: widths, see `nf` (tiny values make a CPU-sized model).
+        mbstd_group_size, mbstd_num_features: the minibatch stddev's group size and extra maps;
+            the batch must be a multiple of min(group size, N).
+        down_order: "official" or "port" (module docstring).
+        growing: keep a fromRGB per resolution so that forward can run below R with a fade-in.
+
+    Forward: `D(x, alpha=1.0)`, x [N, C, r, r] float (r <= R; r < R or alpha < 1 need
+    growing=True), NCHW or channels_last -> scores [N, 1].
+    """
 
     @staticmethod
     def _conv(*args, **kwargs):
@@ -246,8 +287,9 @@ class Discriminator(_DiscriminatorBase):
 # The same discriminator in plain torch
 
 class PlainEqualConv2d(nn.Module):
-    """EqualConv2d's math in plain torch (resample None, "up" or "down"; activation None, "lrelu"
-    or "relu")."""
+    """EqualConv2d's math in plain torch (resample None, "up" or "down"; activation None, "relu"
+    or "lrelu"), with the same arguments and parameters; kernel_size is one int. Forward: x
+    [N, in_channels, H, W] -> [N, out_channels, H', W']."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,
                  gain=SQRT2, lr_mul=1.0, bias_init=0.0, activation=None, alpha=0.2,
@@ -280,7 +322,8 @@ class PlainEqualConv2d(nn.Module):
 
 
 class PlainEqualLinear(nn.Module):
-    """EqualLinear's math in plain torch."""
+    """EqualLinear's math in plain torch, with the same arguments and parameters. Forward:
+    x [*, in_features] -> [*, out_features]."""
 
     def __init__(self, in_features, out_features, bias=True, *, gain=SQRT2, lr_mul=1.0,
                  bias_init=0.0, activation=None, alpha=0.2, act_gain=1.0):
@@ -302,7 +345,13 @@ class PlainEqualLinear(nn.Module):
 
 
 class PlainMinibatchStdDev(nn.Module):
-    """Official (strided) minibatch stddev in plain torch: sample n is in group n % (N / G)."""
+    """Official (strided) minibatch stddev in plain torch: sample n is in group n % (N / G).
+
+    Args:
+        group_size, num_features, eps: as for `fastgan.nn.MinibatchStdDev`.
+
+    Forward: x [N, C, H, W] -> [N, C + num_features, H, W].
+    """
 
     def __init__(self, group_size: int = 4, num_features: int = 1, eps: float = 1e-8):
         super().__init__()
@@ -337,7 +386,8 @@ class _PlainDBlock(nn.Module):
 
 
 class PlainDiscriminator(_DiscriminatorBase):
-    """`Discriminator` in plain torch, same module tree and state_dict keys."""
+    """`Discriminator` in plain torch, same arguments, module tree and state_dict keys: the
+    eager baseline of the benchmarks and the reference of the tests."""
 
     _conv = PlainEqualConv2d
     _linear = PlainEqualLinear

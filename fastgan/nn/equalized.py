@@ -13,7 +13,9 @@ import math
 import torch
 from torch import nn
 
+from .. import _checks
 from .. import functional as FF
+from ..ops import _common as C_
 from ..ops.conv2d import RESAMPLES, why_not_fusable
 
 __all__ = ["EqualConv2d", "EqualLinear", "FusedLeakyReLU"]
@@ -36,10 +38,8 @@ def _check_activation(activation) -> str:
     return "linear" if activation is None else activation
 
 
-def _check_positive(**values) -> None:
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
+def _positive(value, name: str) -> float:
+    return _checks.number(value, name, low=0.0, low_open=True)
 
 
 class _Equalized(nn.Module):
@@ -47,17 +47,27 @@ class _Equalized(nn.Module):
 
     def _init_params(self, weight_shape, fan_in, bias, gain, lr_mul, bias_init, activation,
                      alpha, act_gain):
-        _check_positive(lr_mul=lr_mul)
+        self.gain, self.lr_mul = _positive(gain, "gain"), _positive(lr_mul, "lr_mul")
+        self.act_gain, self.alpha = _positive(act_gain, "act_gain"), _checks.number(alpha, "alpha")
+        bias_init = _checks.number(bias_init, "bias_init")
         self.act = _check_activation(activation)
         self.activation = activation
-        self.alpha, self.act_gain, self.gain, self.lr_mul = float(alpha), float(act_gain), \
-            float(gain), float(lr_mul)
-        self.weight = nn.Parameter(torch.randn(weight_shape) / lr_mul)
+        self.weight = nn.Parameter(torch.randn(weight_shape) / self.lr_mul)
         if bias:
-            self.bias = nn.Parameter(torch.full((weight_shape[0],), float(bias_init)))
+            self.bias = nn.Parameter(torch.full((weight_shape[0],), bias_init))
         else:
             self.register_parameter("bias", None)
         self.scale = self.gain * self.lr_mul / math.sqrt(fan_in)
+
+    def _check_matches_weight(self, x: torch.Tensor) -> None:
+        """x on the weight's device, and of its dtype unless autocast casts them."""
+        w = self.weight
+        if x.device != w.device:
+            raise ValueError(f"{self._name()} has its weight on {w.device}, got x on {x.device}")
+        if x.dtype != w.dtype and not (torch.amp.is_autocast_available(x.device.type)
+                                       and torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"{self._name()} has a {w.dtype} weight, got x of {x.dtype} outside "
+                            f"autocast: convert the module (.to({x.dtype})) or the input")
 
     def _epilogue(self, y: torch.Tensor, dim: int) -> torch.Tensor:
         b = self.bias
@@ -77,8 +87,27 @@ class EqualConv2d(_Equalized):
     average pool). fused_resample: None (default) computes up/down as one stride-2 (transposed)
     conv with a (k+1)x(k+1) kernel wherever that is exact (stride 1, and padding <= k-1 for up),
     else unfused; True requires the fused form (ValueError where impossible); False never fuses.
-    Both give the unfused math (see fastgan.ops.conv2d). activation: None | "relu" | "lrelu"
-    (slope alpha)."""
+    Both give the unfused math (see fastgan.ops.conv2d).
+
+    Args:
+        in_channels, out_channels: positive ints.
+        kernel_size, stride, padding: an int or a pair of ints (kernel and stride >= 1,
+            padding >= 0).
+        bias: hold a bias [out_channels].
+        gain: > 0; the He gain of the runtime weight scale (sqrt(2); 1 for toRGB / the last layer).
+        lr_mul: > 0; the learning-rate multiplier of weight and bias (StyleGAN's mapping: 0.01).
+        bias_init: the bias's initial value (stored as given, used times lr_mul).
+        activation: None | "linear" | "relu" | "lrelu"; alpha: the lrelu slope;
+            act_gain: > 0, multiplies the activation's output (StyleGAN: sqrt(2)).
+        resample: None | "up" | "down"; fused_resample: None | True | False (above).
+
+    Forward: x [N, in_channels, H, W] of the weight's dtype (any float dtype under autocast)
+    and device, NCHW or channels_last -> [N, out_channels, H', W'] with c(H) the plain conv's
+    output size: H' = c(H), c(2H) for "up", c(H) // 2 for "down".
+
+    Parameters: weight [out_channels, in_channels, kh, kw] ~ N(0, 1) / lr_mul; bias
+    [out_channels] filled with bias_init (or None).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, *, gain: float = math.sqrt(2), lr_mul: float = 1.0,
@@ -117,13 +146,18 @@ class EqualConv2d(_Equalized):
         return why_not_fusable(self.resample, self.kernel_size, self.stride,
                                   self.padding) is None
 
+    def _name(self) -> str:
+        return f"EqualConv2d({self.in_channels}, {self.out_channels})"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"EqualConv2d expects x of shape [N, C, H, W], got {shape}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"EqualConv2d({self.in_channels}, {self.out_channels}) got x with "
-                             f"{x.shape[1]} channels (shape {tuple(x.shape)})")
+            raise ValueError(f"{self._name()} got x with {x.shape[1]} channels (shape "
+                             f"{tuple(x.shape)})")
+        C_.check_float_tensor(x, "x")
+        self._check_matches_weight(x)
         y = FF.conv2d_resample(x, self.weight * self.scale, self.resample, self.stride,
                                self.padding, self.fused)
         return self._epilogue(y, 1)
@@ -145,7 +179,17 @@ class EqualLinear(_Equalized):
 
         y = act(x @ (weight * gain*lr_mul/sqrt(in_features)).T + bias*lr_mul) * act_gain
 
-    x [*, in_features]; activation None | "relu" | "lrelu" (slope alpha)."""
+    Args:
+        in_features, out_features: positive ints.
+        bias, gain, lr_mul, bias_init, activation, alpha, act_gain: as for EqualConv2d
+            (fan_in = in_features).
+
+    Forward: x [*, in_features] of the weight's dtype (any float dtype under autocast) and
+    device -> [*, out_features].
+
+    Parameters: weight [out_features, in_features] ~ N(0, 1) / lr_mul; bias [out_features]
+    filled with bias_init (or None).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  gain: float = math.sqrt(2), lr_mul: float = 1.0, bias_init: float = 0.0,
@@ -158,11 +202,16 @@ class EqualLinear(_Equalized):
         self._init_params((out_features, in_features), in_features, bias, gain, lr_mul,
                           bias_init, activation, alpha, act_gain)
 
+    def _name(self) -> str:
+        return f"EqualLinear({self.in_features}, {self.out_features})"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"EqualLinear({self.in_features}, {self.out_features}) expects x of "
-                             f"shape [*, {self.in_features}], got {shape}")
+            raise ValueError(f"{self._name()} expects x of shape [*, {self.in_features}], got "
+                             f"{shape}")
+        C_.check_float_tensor(x, "x")
+        self._check_matches_weight(x)
         y = torch.nn.functional.linear(x, self.weight * self.scale)
         return self._epilogue(y, -1)
 
@@ -176,7 +225,16 @@ class EqualLinear(_Equalized):
 
 
 class FusedLeakyReLU(nn.Module):
-    """y = leaky_relu(x + bias broadcast along dim 1, negative_slope) * scale, in one pass."""
+    """y = leaky_relu(x + bias broadcast along dim 1, negative_slope) * scale, in one pass.
+
+    Args:
+        channels: C, a positive int.
+        bias: hold a bias [C] (zeros at init).
+        negative_slope: the leaky slope, a finite number.
+        scale: > 0, multiplies the output (StyleGAN2: sqrt(2)).
+
+    Forward: x [N, C] or [N, C, *], any float dtype and layout -> the same shape and dtype.
+    """
 
     def __init__(self, channels: int, bias: bool = True, negative_slope: float = 0.2,
                  scale: float = math.sqrt(2)):
@@ -184,7 +242,8 @@ class FusedLeakyReLU(nn.Module):
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         self.channels = channels
-        self.negative_slope, self.scale = float(negative_slope), float(scale)
+        self.negative_slope = _checks.number(negative_slope, "negative_slope")
+        self.scale = _positive(scale, "scale")
         if bias:
             self.bias = nn.Parameter(torch.zeros(channels))
         else:

@@ -1,18 +1,32 @@
-"""Thin modules: they hold options (and parameters) and call fastgan.functional."""
+"""Thin modules: they hold options (checked at construction) and call fastgan.functional."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .. import _checks
 from .. import functional as FF
+from ..ops import _common as C_
+from ..ops.minibatch_stddev import LAYOUTS
 
 
 class PixelNorm(nn.Module):
-    """Pixelwise feature normalization: x / sqrt(mean over channels of x^2 + eps)."""
+    """Pixelwise feature normalization: x * rsqrt(mean over dim of x^2 + eps).
+
+    Args:
+        eps: added to the mean square, a number >= 0 (ProGAN: 1e-8).
+        dim: the channel dim, an int (negative counts from the end).
+
+    Forward: x [N, C] or [N, C, *], any float dtype and layout -> the same shape, dtype and
+    layout.
+    """
 
     def __init__(self, eps: float = 1e-8, dim: int = 1):
         super().__init__()
+        C_.check_eps(eps)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         self.eps, self.dim = eps, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -23,11 +37,31 @@ class PixelNorm(nn.Module):
 
 
 class MinibatchStdDev(nn.Module):
-    """Appends `num_features` maps of the per-group standard deviation (ProGAN's minibatch stddev)."""
+    """Appends `num_features` maps of the per-group standard deviation (ProGAN's minibatch stddev).
+
+    Args:
+        group_size: G, samples per group, an int >= 1; groups of min(G, N), which must divide N.
+        num_features: F, extra maps, an int >= 1 that divides the channels.
+        eps: added to each variance before the sqrt, a number >= 0.
+        layout: "strided" (sample n in group n % (N/G): official ProGAN/StyleGAN) or
+            "contiguous" (consecutive samples: pytorch_GAN_zoo).
+        unbiased: divide the variance by G - 1 instead of G (pytorch_GAN_zoo); needs G >= 2.
+
+    Forward: x [N, C, H, W], any float dtype, NCHW or channels_last -> [N, C + F, H, W].
+    """
 
     def __init__(self, group_size: int = 4, num_features: int = 1, eps: float = 1e-8,
                  layout: str = "strided", unbiased: bool = False):
         super().__init__()
+        _checks.integer(group_size, "group_size")
+        _checks.integer(num_features, "num_features")
+        C_.check_eps(eps)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        _checks.flag(unbiased, "unbiased")
+        if unbiased and group_size < 2:
+            raise ValueError(f"unbiased=True needs groups of at least 2 samples, got "
+                             f"group_size={group_size}")
         self.group_size, self.num_features, self.eps = group_size, num_features, eps
         self.layout, self.unbiased = layout, unbiased
 

@@ -10,7 +10,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_float_tensor(t, name: str, *, min_dim: int = 1, ndim: int | None = None) -> None:
-    """Raise TypeError/ValueError naming `name` unless `t` is a floating tensor of the right rank."""
+    """Raise TypeError/ValueError naming `name` unless `t` is a floating tensor of the right
+    rank."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -28,11 +29,28 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"tensors must be on one device, got {listed}")
 
 
+def check_number(value, name: str, *, integer: bool = False) -> None:
+    """Raise TypeError naming `name` unless `value` is an int or a float (only an int with
+    integer=True). A bool is refused: it is an int to Python, never a size or a scale here."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        what = "an int" if integer else "a float"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+
+
 def check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    check_number(eps, "eps")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
+
+
+def pair(v, name: str) -> tuple[int, int]:
+    """(v, v) for an int v, (v[0], v[1]) for a pair of ints; else ValueError naming `name`."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if (isinstance(v, (tuple, list)) and len(v) == 2
+            and all(isinstance(e, int) and not isinstance(e, bool) for e in v)):
+        return (v[0], v[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
 def normalize_dim(dim: int, ndim: int, name: str = "dim") -> int:
@@ -63,7 +81,8 @@ def _merge_dims(sizes, strides) -> tuple[int, int] | None:
     return size, stride
 
 
-def view3(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int, int]]:
+def view3(t: torch.Tensor, dim: int
+          ) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int, int]]:
     """`t` as [outer, t.shape[dim], inner] without a copy when its strides allow (NCHW,
     channels_last, stride-0 expands all do), else after `.contiguous()`.
     Returns (tensor, sizes, strides) of that 3-D view."""
@@ -83,13 +102,6 @@ def empty_like3(t: torch.Tensor, dim: int) -> torch.Tensor:
     if _merge_dims(shape[:dim], strides[:dim]) and _merge_dims(shape[dim + 1:], strides[dim + 1:]):
         return out
     return torch.empty(shape, dtype=t.dtype, device=t.device)
-
-
-def reference_vjp(fn, primals: tuple, cotangents):
-    """Vector-Jacobian product of the plain-torch `fn`, itself differentiable: the third and
-    higher derivatives of an op run through its reference."""
-    _, pullback = torch.func.vjp(fn, *primals)
-    return pullback(cotangents)
 
 
 cdiv = triton.cdiv

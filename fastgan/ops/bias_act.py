@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from . import _common as C_
+from . import _common as C_, _registry
 
 __all__ = ["bias_act", "bias_act_ref", "ACTIVATIONS"]
 
@@ -61,6 +61,16 @@ def bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "lin
 # are one long run of rows). A tile is [BLOCK_I rows, BLOCK_C channels] of one outer index;
 # program (q, p) owns channel block q and r_iters consecutive row blocks starting at p * r_iters
 # (channel blocks on grid axis 0, whose limit is 2^31 - 1; at most _MAX_PROGRAMS on axis 1).
+# Arguments:
+#   x/u, b/v, y/out, m  input, per-channel addend (bias; gg_b in the double backward), output,
+#                       the 1-byte sign mask [v > 0]; part: per-program partial sums of out
+#   C, INNER            channels, rows per outer index
+#   n_i_blocks          row blocks per outer index; n_blocks = outer * n_i_blocks
+#   r_iters             row blocks per program (consecutive, starting at program_id(1) * r_iters)
+#   alpha, gain         fp64 (see _common.as_acc)
+#   s<t>_{o,c,i}        strides of tensor t along outer, C, inner; s_b / s_v: the addend's
+#   ACT                 0 linear, 1 relu, 2 lrelu; HAS_B / HAS_V: an addend is given;
+#   MASK                the forward stores the mask; PARTIAL: the backward writes db partials
 
 @triton.jit
 def _offsets(o, i, c, s_o, s_c, s_i):
@@ -69,10 +79,10 @@ def _offsets(o, i, c, s_o, s_c, s_i):
 
 @triton.jit
 def _bias_act_fwd_kernel(x_ptr, b_ptr, y_ptr, m_ptr, C, INNER, n_i_blocks, n_blocks, r_iters,
-                         alpha: tl.float64, gain: tl.float64,
-                         sx_o, sx_c, sx_i, sy_o, sy_c, sy_i, sm_o, sm_c, sm_i, s_b,
-                         ACT: tl.constexpr, HAS_B: tl.constexpr, MASK: tl.constexpr,
-                         ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr):
+                         alpha: tl.float64, gain: tl.float64, sx_o, sx_c, sx_i, sy_o, sy_c, sy_i,
+                         sm_o, sm_c, sm_i, s_b, ACT: tl.constexpr, HAS_B: tl.constexpr,
+                         MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_I: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     a = C_.as_acc(alpha, ACC)
@@ -99,13 +109,14 @@ def _bias_act_fwd_kernel(x_ptr, b_ptr, y_ptr, m_ptr, C, INNER, n_i_blocks, n_blo
 
 
 @triton.jit
-def _bias_act_grad_kernel(u_ptr, v_ptr, m_ptr, out_ptr, part_ptr, C, INNER, n_i_blocks, n_blocks,
-                          r_iters, alpha: tl.float64, gain: tl.float64,
-                          su_o, su_c, su_i, sm_o, sm_c, sm_i, so_o, so_c, so_i, s_v,
-                          ACT: tl.constexpr, HAS_V: tl.constexpr, PARTIAL: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bias_act_bwd_kernel(u_ptr, v_ptr, m_ptr, out_ptr, part_ptr, C, INNER, n_i_blocks, n_blocks,
+                         r_iters, alpha: tl.float64, gain: tl.float64, su_o, su_c, su_i, sm_o, sm_c,
+                         sm_i, so_o, so_c, so_i, s_v, ACT: tl.constexpr, HAS_V: tl.constexpr,
+                         PARTIAL: tl.constexpr, ACC: tl.constexpr, BLOCK_I: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
     """out = (u + v broadcast) * gain * s(mask); with PARTIAL, also this program's per-channel
-    sums of out, into row program_id(1) of the [programs, C] buffer part_ptr."""
+    sums of out, into row program_id(1) of the [programs, C] buffer part_ptr. The backward
+    (u = dy, with PARTIAL for db) and the double backward (u = gg_x, v = gg_b) both run it."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     a = C_.as_acc(alpha, ACC)
@@ -137,8 +148,8 @@ def _bias_act_grad_kernel(u_ptr, v_ptr, m_ptr, out_ptr, part_ptr, C, INNER, n_i_
 
 
 @triton.jit
-def _sum_partials_kernel(part_ptr, out_ptr, P, C, ACC: tl.constexpr,
-                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bias_act_sum_partials_kernel(part_ptr, out_ptr, P, C, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+                                  BLOCK_C: tl.constexpr):
     """out[c] = sum over p of part[p, c], in a fixed order."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     acc = tl.zeros([BLOCK_C], dtype=ACC)
@@ -247,7 +258,7 @@ def _masked(u, v, mask, act, alpha, gain, dim, with_sum):
     else:  # a single program's partial sums are the result: no second stage then
         part = db.view(1, c) if progs == 1 else db.new_empty((progs, c))
     s_m = strides[2] if act != "linear" else (0, 0, 0)
-    _bias_act_grad_kernel[cfg.pop("grid")](
+    _bias_act_bwd_kernel[cfg.pop("grid")](
         uv, u if v is None else v, mask if act != "linear" else out, out, part, sizes[1],
         sizes[2], cfg.pop("n_i_blocks"), cfg.pop("n_blocks"), cfg.pop("r_iters"), alpha, gain,
         *strides[0], *s_m, *strides[1], 0 if v is None else v.stride(0),
@@ -255,7 +266,7 @@ def _masked(u, v, mask, act, alpha, gain, dim, with_sum):
         **cfg)
     if with_sum and progs > 1:
         block_c = min(C_.next_power_of_2(c), 128)
-        _sum_partials_kernel[(C_.cdiv(c, block_c),)](
+        _bias_act_sum_partials_kernel[(C_.cdiv(c, block_c),)](
             part, db, progs, c, ACC=C_.acc_dtype(u.dtype),
             BLOCK_P=max(1, min(C_.next_power_of_2(progs), 4096 // block_c)), BLOCK_C=block_c)
     return out, db
@@ -271,54 +282,26 @@ def _triton_double_backward(gg_x, gg_b, mask, act, alpha, gain, dim):
     return _masked(gg_x, gg_b, mask, act, alpha, gain, dim, False)[0]
 
 
-_KERNELS = {
-    "triton": (_triton_forward, _triton_backward, _triton_double_backward),
-    "cuda": (lambda *a: torch.ops.fastgan_cuda.bias_act_forward(*a),
-             lambda *a: torch.ops.fastgan_cuda.bias_act_backward(*a),
-             lambda *a: torch.ops.fastgan_cuda.bias_act_double_backward(*a)),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.library ops: forward -> backward -> double backward, each differentiable by the next;
-# the double backward's vjp is the backward op again, so no order falls back to the reference.
-
-@torch.library.custom_op("fastgan::bias_act", mutates_args=())
-def _bias_act_op(x: torch.Tensor, b: torch.Tensor | None, act: str, alpha: float, gain: float,
-                 dim: int, save_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _KERNELS[backend][0](x, b, act, alpha, gain, dim, save_mask)
-
-
-@torch.library.custom_op("fastgan::bias_act_backward", mutates_args=())
-def _bias_act_backward_op(grad: torch.Tensor, mask: torch.Tensor, has_bias: bool, act: str,
-                          alpha: float, gain: float, dim: int, backend: str
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _KERNELS[backend][1](grad, mask, has_bias, act, alpha, gain, dim)
-
-
-@torch.library.custom_op("fastgan::bias_act_double_backward", mutates_args=())
-def _bias_act_double_backward_op(gg_x: torch.Tensor, gg_b: torch.Tensor | None,
-                                 mask: torch.Tensor, act: str, alpha: float, gain: float,
-                                 dim: int, backend: str) -> torch.Tensor:
-    return _KERNELS[backend][2](gg_x, gg_b, mask, act, alpha, gain, dim)
-
-
-@_bias_act_op.register_fake
-def _(x, b, act, alpha, gain, dim, save_mask, backend):
+def _fake_forward(x, b, act, alpha, gain, dim, save_mask):
     y = C_.empty_like3(x, dim)
     return y, _mask_like(y, act, save_mask)
 
 
-@_bias_act_backward_op.register_fake
-def _(grad, mask, has_bias, act, alpha, gain, dim, backend):
+def _fake_backward(grad, mask, has_bias, act, alpha, gain, dim):
     db = grad.new_empty((grad.shape[dim],) if has_bias else (0,),
                         dtype=C_.acc_torch_dtype(grad.dtype))
     return _grad_like(grad, mask, act, dim), db
 
 
-@_bias_act_double_backward_op.register_fake
-def _(gg_x, gg_b, mask, act, alpha, gain, dim, backend):
+def _fake_double_backward(gg_x, gg_b, mask, act, alpha, gain, dim):
     return _grad_like(gg_x, mask, act, dim)
+
+
+# Autograd: forward -> backward -> double backward, each differentiable by the next; the double
+# backward's vjp is the backward op again, so no order falls back to the reference. Each stage
+# saves only the mask (what the slopes need) and passes no zero-filled gradient it can avoid.
+
+_NO_GRADS = (None,) * 8
 
 
 def _save_forward(ctx, inputs, output):
@@ -334,9 +317,9 @@ def _forward_vjp(ctx, grad, _grad_mask):
     (mask,) = ctx.saved_tensors
     want_db = ctx.b_dtype is not None and ctx.needs_input_grad[1]
     if grad is None:
-        return None, None, None, None, None, None, None, None
-    dx, db = _bias_act_backward_op(grad, mask, want_db, *ctx.args)
-    return dx, db.to(ctx.b_dtype) if want_db else None, None, None, None, None, None, None
+        return _NO_GRADS
+    dx, db = _ops.backward(grad, mask, want_db, *ctx.args)
+    return dx, db.to(ctx.b_dtype) if want_db else None, *_NO_GRADS[2:]
 
 
 def _save_backward(ctx, inputs, output):
@@ -345,19 +328,18 @@ def _save_backward(ctx, inputs, output):
     ctx.save_for_backward(mask)
     ctx.args = (act, alpha, gain, dim, backend)
     ctx.has_bias = has_bias
-    ctx.grad_meta = (grad.shape, grad.dtype, grad.device, grad.stride())
+    ctx.grad_meta = (grad.shape, grad.dtype, grad.device)
 
 
 def _backward_vjp(ctx, gg_x, gg_b):
     (mask,) = ctx.saved_tensors
     gg_b = gg_b if ctx.has_bias else None
     if gg_x is None and gg_b is None:
-        return None, None, None, None, None, None, None, None
+        return _NO_GRADS
     if gg_x is None:
-        shape, dtype, device, stride = ctx.grad_meta
+        shape, dtype, device = ctx.grad_meta
         gg_x = torch.zeros(shape, dtype=dtype, device=device)
-    g_grad = _bias_act_double_backward_op(gg_x, gg_b, mask, *ctx.args)
-    return g_grad, None, None, None, None, None, None, None
+    return _ops.double_backward(gg_x, gg_b, mask, *ctx.args), *_NO_GRADS[1:]
 
 
 def _save_double_backward(ctx, inputs, output):
@@ -370,20 +352,43 @@ def _save_double_backward(ctx, inputs, output):
 def _double_backward_vjp(ctx, g):
     (mask,) = ctx.saved_tensors
     want_b = ctx.gg_b_dtype is not None and ctx.needs_input_grad[1]
-    h_x, h_b = _bias_act_backward_op(g, mask, want_b, *ctx.args)
-    return h_x, h_b.to(ctx.gg_b_dtype) if want_b else None, None, None, None, None, None, None
+    h_x, h_b = _ops.backward(g, mask, want_b, *ctx.args)
+    return h_x, h_b.to(ctx.gg_b_dtype) if want_b else None, *_NO_GRADS[2:]
 
 
-_bias_act_op.register_autograd(_forward_vjp, setup_context=_save_forward)
-_bias_act_backward_op.register_autograd(_backward_vjp, setup_context=_save_backward)
-_bias_act_double_backward_op.register_autograd(_double_backward_vjp,
-                                               setup_context=_save_double_backward)
+_ARGS = "str act, float alpha, float gain, SymInt dim"
+_ops = _registry.declare(
+    "bias_act",
+    forward=f"(Tensor x, Tensor? b, {_ARGS}, bool save_mask, str backend) -> (Tensor, Tensor)",
+    backward=f"(Tensor grad, Tensor mask, bool has_bias, {_ARGS}, str backend)"
+             " -> (Tensor, Tensor)",
+    double_backward=f"(Tensor gg_x, Tensor? gg_b, Tensor mask, {_ARGS}, str backend) -> Tensor",
+    triton=(_triton_forward, _triton_backward, _triton_double_backward),
+    fake=(_fake_forward, _fake_backward, _fake_double_backward),
+    autograd=((_save_forward, _forward_vjp), (_save_backward, _backward_vjp),
+              (_save_double_backward, _double_backward_vjp)),
+)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear",
              alpha: float = 0.2, gain: float = 1.0, dim: int = 1) -> torch.Tensor:
-    """y = act(x + b broadcast along dim) * gain, act in "linear" | "relu" | "lrelu" (leaky
-    ReLU with slope alpha). x [N, C] or [N, C, *] (any layout); b [C] or None, any float dtype."""
+    """Fused bias, activation and gain: y = act(x + b broadcast along dim) * gain.
+
+    Args:
+        x: [N, C] or [N, C, *] (any rank >= 1), float16 / bfloat16 / float32 / float64, any
+            strides (NCHW, channels_last, sliced).
+        b: [C] (C = x.shape[dim]) of any float dtype (an fp32 parameter under autocast is
+            fine), on x's device; or None.
+        act: "linear", "relu" or "lrelu" (leaky ReLU with slope alpha for negative inputs).
+        alpha: the leaky ReLU's negative slope (used by "lrelu" only).
+        gain: the factor applied after the activation.
+        dim: the dim b runs along (the channels), may be negative.
+
+    Returns:
+        A tensor of x's shape and dtype, laid out like x where its strides allow (else
+        contiguous), computed in fp32 (fp64 for fp64 x). Differentiable to any order w.r.t. x
+        and b (db has b's dtype).
+    """
     C_.check_float_tensor(x, "x", min_dim=1)
     dim = C_.normalize_dim(dim, x.dim())
     if act not in _ACT_CODE:
@@ -394,12 +399,11 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear"
             raise ValueError(f"b must have shape [{x.shape[dim]}] (dim {dim} of x, shape "
                              f"{tuple(x.shape)}), got {tuple(b.shape)}")
         C_.check_same_device(x=x, b=b)
-    for name, value in (("alpha", alpha), ("gain", gain)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    C_.check_number(alpha, "alpha")
+    C_.check_number(gain, "gain")
     backend = _backend.resolve(x, "bias_act")
     if backend == "ref" or x.numel() == 0:
         return bias_act_ref(x, b, act, alpha, gain, dim)
     save_mask = act != "linear" and torch.is_grad_enabled() and (
         x.requires_grad or (b is not None and b.requires_grad))
-    return _bias_act_op(x, b, act, float(alpha), float(gain), dim, save_mask, backend)[0]
+    return _ops.forward(x, b, act, float(alpha), float(gain), dim, save_mask, backend)[0]

@@ -14,7 +14,7 @@ So two autograd Functions, `_Conv` (conv_P) and `_ConvWeightGrad` (dw_P), whose 
 each other, cover every order of derivative: the double backward of a convolution (a gradient
 penalty's path) runs forward / dgrad / wgrad convolutions only, never the generic
 `_convolution_double_backward` whose fallback kernels dominate an eager WGAN-GP step
-(BASELINES.md: 1.8x-2.6x on the GP step). A backward computes only the gradients the running
+(docs/baselines.md: 1.8x-2.6x on the GP step). A backward computes only the gradients the running
 backward pass will use: torch.autograd.grad(D(x).sum(), x) computes no weight gradients.
 
 `conv2d_resample` adds ProGAN's up / down layers, fused into one stride-2 convolution with a
@@ -157,21 +157,13 @@ class _ConvWeightGrad(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # Public functions
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (v, v)
-    if (isinstance(v, (tuple, list)) and len(v) == 2
-            and all(isinstance(e, int) and not isinstance(e, bool) for e in v)):
-        return (v[0], v[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-
-
 def _check(x, weight, bias, groups, transposed):
     C_.check_float_tensor(x, "x", ndim=4)
     C_.check_float_tensor(weight, "weight", ndim=4)
     C_.check_same_device(x=x, weight=weight, bias=bias)
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    C_.check_number(groups, "groups", integer=True)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups!r}")
     in_ch = weight.shape[0] if transposed else weight.shape[1] * groups
     if x.shape[1] != in_ch:
         what = "weight.shape[0]" if transposed else "weight.shape[1] * groups"
@@ -194,10 +186,9 @@ def _autocast(*tensors):
 
 
 def _plain(x: torch.Tensor) -> bool:
-    """Backend "ref" (and "auto" on CPU) runs torch's own convolution; every other backend runs
+    """Backend "ref" (and "auto" off CUDA) runs torch's own convolution; every other backend runs
     the Functions above, which need nothing but torch (so no backend is ever unavailable here)."""
-    name = _backend.get_backend()
-    return name == "ref" or (name == "auto" and x.device.type != "cuda")
+    return _backend.resolve(x, "conv2d", kernels=False) == "ref"
 
 
 def _add_bias(y, bias):
@@ -207,10 +198,21 @@ def _add_bias(y, bias):
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
     """F.conv2d, with derivatives of every order made of convolutions (see the module doc).
-    padding: an int or a pair (no strings)."""
+
+    Args:
+        x: [N, C_in, H, W], float16 / bfloat16 / float32 / float64, any layout.
+        weight: [C_out, C_in / groups, kh, kw], on x's device.
+        bias: [C_out] or None.
+        stride, padding, dilation: an int or a pair of ints (no padding strings).
+        groups: >= 1, dividing the channels as in F.conv2d.
+
+    Returns:
+        [N, C_out, H_out, W_out] as F.conv2d returns it (dtype and memory format; under autocast
+        the autocast dtype). Backend "ref" (and "auto" off CUDA) is F.conv2d itself.
+    """
     _check(x, weight, bias, groups, transposed=False)
-    p = ConvParams(_pair(stride, "stride"), _pair(padding, "padding"),
-                   _pair(dilation, "dilation"), groups)
+    p = ConvParams(C_.pair(stride, "stride"), C_.pair(padding, "padding"),
+                   C_.pair(dilation, "dilation"), groups)
     if _plain(x):
         return conv2d_ref(x, weight, bias, p.stride, p.padding, p.dilation, groups)
     x, weight = _autocast(x, weight)
@@ -220,12 +222,24 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride=1, padding=0, output_padding=0, groups: int = 1,
                      dilation=1) -> torch.Tensor:
-    """F.conv_transpose2d (weight [in, out/groups, kh, kw]), with derivatives of every order
-    made of convolutions. output_padding must be smaller than stride."""
+    """F.conv_transpose2d, with derivatives of every order made of convolutions.
+
+    Args:
+        x: [N, C_in, H, W], float16 / bfloat16 / float32 / float64, any layout.
+        weight: [C_in, C_out / groups, kh, kw], on x's device.
+        bias: [C_out] or None.
+        stride, padding, output_padding, dilation: an int or a pair of ints; output_padding
+            must be smaller than stride.
+        groups: >= 1.
+
+    Returns:
+        [N, C_out, H_out, W_out] as F.conv_transpose2d returns it. Backend "ref" (and "auto"
+        off CUDA) is F.conv_transpose2d itself.
+    """
     _check(x, weight, bias, groups, transposed=True)
-    p = ConvParams(_pair(stride, "stride"), _pair(padding, "padding"),
-                   _pair(dilation, "dilation"), groups, True,
-                   _pair(output_padding, "output_padding"))
+    p = ConvParams(C_.pair(stride, "stride"), C_.pair(padding, "padding"),
+                   C_.pair(dilation, "dilation"), groups, True,
+                   C_.pair(output_padding, "output_padding"))
     if any(not 0 <= op < s for op, s in zip(p.output_padding, p.stride)):
         raise ValueError(f"output_padding must be in [0, stride), got {p.output_padding} with "
                          f"stride {p.stride}")
@@ -288,8 +302,8 @@ def why_not_fusable(resample: str | None, kernel_size, stride, padding) -> str |
     """None when conv2d_resample can fuse this combination exactly, else the reason."""
     if resample is None:
         return "there is no resampling to fuse"
-    (kh, kw), stride, padding = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), \
-        _pair(padding, "padding")
+    (kh, kw), stride, padding = C_.pair(kernel_size, "kernel_size"), C_.pair(stride, "stride"), \
+        C_.pair(padding, "padding")
     if stride != (1, 1):
         return f"the fused forms need stride 1, got stride {stride}"
     if resample == "up" and (padding[0] > kh - 1 or padding[1] > kw - 1):
@@ -300,13 +314,25 @@ def why_not_fusable(resample: str | None, kernel_size, stride, padding) -> str |
 
 def conv2d_resample(x: torch.Tensor, weight: torch.Tensor, resample: str | None = None,
                     stride=1, padding=0, fused: bool | None = None) -> torch.Tensor:
-    """conv2d (no bias) with ProGAN's resampling: "up" = nearest 2x upsample then conv, "down" =
-    conv then 2x2 average pool, None = the conv alone. fused: True computes up / down as one
-    stride-2 (transposed) conv with a (k+1)x(k+1) kernel (exactly the same math; ValueError
-    where that is impossible, see `why_not_fusable`), False as separate ops, None (default) fused
-    whenever possible: the fused form does 4/9 (down) and 16/36 (up) of the multiply-adds, in one
-    conv with no intermediate at the larger resolution, and its double backward has no pooling /
-    upsampling backward in it."""
+    """conv2d (no bias) with ProGAN's resampling.
+
+    The fused form does 4/9 (down) and 16/36 (up) of the multiply-adds, in one conv with no
+    intermediate at the larger resolution, and its double backward has no pooling / upsampling
+    backward in it.
+
+    Args:
+        x: [N, C_in, H, W], float16 / bfloat16 / float32 / float64.
+        weight: [C_out, C_in, kh, kw].
+        resample: "up" (nearest 2x upsample, then the conv), "down" (the conv, then a 2x2
+            average pool) or None (the conv alone).
+        stride, padding: the conv's, an int or a pair of ints (the fused forms need stride 1).
+        fused: True computes up / down as one stride-2 (transposed) conv with a (k+1)x(k+1)
+            kernel (exactly the same math; ValueError where that is impossible, see
+            `why_not_fusable`), False as separate ops, None (default) fused whenever possible.
+
+    Returns:
+        [N, C_out, H', W']: the unfused math's shape (2x / 0.5x the conv's output for up / down).
+    """
     if resample not in RESAMPLES:
         raise ValueError(f"resample must be one of {RESAMPLES}, got {resample!r}")
     if fused not in (None, True, False):
@@ -324,7 +350,7 @@ def conv2d_resample(x: torch.Tensor, weight: torch.Tensor, resample: str | None 
                           padding)
         return F.avg_pool2d(conv2d(x, weight, None, stride, padding), 2)
     kh, kw = weight.shape[2:]
-    ph, pw = _pair(padding, "padding")
+    ph, pw = C_.pair(padding, "padding")
     if resample == "up":
         return conv_transpose2d(x, fused_up_weight(weight), None, 2, (kh - 1 - ph, kw - 1 - pw))
     return conv2d(x, fused_down_weight(weight), None, 2, (ph, pw))

@@ -33,21 +33,17 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from . import _common as C_
+from . import _common as C_, _registry
 
 __all__ = ["grad_penalty", "grad_penalty_ref", "MODES"]
 
 MODES = ("gp", "r1")
 
 
-def _acc_torch(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def grad_penalty_ref(g: torch.Tensor, weight: float = 10.0, target: float = 1.0, mode: str = "gp",
                      *, return_norm: bool = False):
     """The definition, in plain differentiable torch (fp32 accumulation for half types)."""
-    gf = g.to(_acc_torch(g.dtype)).reshape(g.shape[0], -1)
+    gf = g.to(C_.acc_torch_dtype(g.dtype)).reshape(g.shape[0], -1)
     norm = torch.linalg.vector_norm(gf, dim=1)
     if mode == "r1":
         p = weight * gf.square().sum(1)
@@ -78,11 +74,19 @@ def _backward_ref(dp, dnorm, g, norm, weight, target, mode):
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels. Sample n occupies g_ptr + n*s_n + [0, M); program pid handles sample
-# pid // n_chunks, elements [chunk*CHUNK, (chunk+1)*CHUNK) in BLOCK-wide steps.
+# pid // n_chunks, elements [chunk*CHUNK, (chunk+1)*CHUNK) in BLOCK-wide steps. Arguments:
+#   g, gg, dg / out   the gradient batch, the gradient arriving at dg, the [N, *] outputs
+#   p, norm, dp, dnorm   [N] penalty and norm, and the gradients arriving at them
+#   part              [N * n_chunks] per-(sample, chunk) partial sums, reduced by a second kernel
+#   M                 elements per sample; N samples; n_chunks chunks per sample
+#   s_n, s_gn, s_ggn, s_on   batch strides of g, g, gg, the output; s_dp, s_dn: of dp, dnorm
+#   w_hi + w_lo, t_hi + t_lo   weight and target as two fp32 halves (see `_split`)
+#   R1                mode "r1" (else "gp"); HAS_DNORM: dnorm is given
+#   ACC               accumulation dtype: fp32, fp64 for fp64 g
 
 @triton.jit
-def _sumsq_partial_kernel(g_ptr, part_ptr, M, s_n, n_chunks,
-                          ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _grad_penalty_fwd_kernel(g_ptr, part_ptr, M, s_n, n_chunks, ACC: tl.constexpr,
+                             CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // n_chunks
     chunk = pid % n_chunks
@@ -97,9 +101,9 @@ def _sumsq_partial_kernel(g_ptr, part_ptr, M, s_n, n_chunks,
 
 
 @triton.jit
-def _penalty_finalize_kernel(part_ptr, p_ptr, norm_ptr, N, n_chunks, w_hi, w_lo, t_hi, t_lo,
-                             R1: tl.constexpr, ACC: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _grad_penalty_fwd_finalize_kernel(part_ptr, p_ptr, norm_ptr, N, n_chunks, w_hi, w_lo, t_hi,
+                                      t_lo, R1: tl.constexpr, ACC: tl.constexpr,
+                                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     weight = tl.cast(w_hi, ACC) + tl.cast(w_lo, ACC)
     target = tl.cast(t_hi, ACC) + tl.cast(t_lo, ACC)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -141,10 +145,10 @@ def _coef(dp_ptr, dnorm_ptr, norm_ptr, n, s_dp, s_dn, weight, target,
 
 
 @triton.jit
-def _penalty_bwd_kernel(dp_ptr, dnorm_ptr, g_ptr, norm_ptr, dg_ptr, M, s_gn, s_on, s_dp, s_dn,
-                        n_chunks, w_hi, w_lo, t_hi, t_lo,
-                        R1: tl.constexpr, HAS_DNORM: tl.constexpr, ACC: tl.constexpr,
-                        CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _grad_penalty_bwd_kernel(dp_ptr, dnorm_ptr, g_ptr, norm_ptr, dg_ptr, M, s_gn, s_on, s_dp, s_dn,
+                             n_chunks, w_hi, w_lo, t_hi, t_lo, R1: tl.constexpr,
+                             HAS_DNORM: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr,
+                             BLOCK: tl.constexpr):
     weight = tl.cast(w_hi, ACC) + tl.cast(w_lo, ACC)
     target = tl.cast(t_hi, ACC) + tl.cast(t_lo, ACC)
     pid = tl.program_id(0)
@@ -162,10 +166,10 @@ def _penalty_bwd_kernel(dp_ptr, dnorm_ptr, g_ptr, norm_ptr, dg_ptr, M, s_gn, s_o
 
 
 @triton.jit
-def _penalty_bwd2_kernel(gg_ptr, dp_ptr, dnorm_ptr, g_ptr, norm_ptr, out_ptr, part_ptr, M,
-                         s_ggn, s_gn, s_on, s_dp, s_dn, n_chunks, w_hi, w_lo, t_hi, t_lo,
-                         R1: tl.constexpr, HAS_DNORM: tl.constexpr, ACC: tl.constexpr,
-                         CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _grad_penalty_bwd2_kernel(gg_ptr, dp_ptr, dnorm_ptr, g_ptr, norm_ptr, out_ptr, part_ptr, M,
+                              s_ggn, s_gn, s_on, s_dp, s_dn, n_chunks, w_hi, w_lo, t_hi, t_lo,
+                              R1: tl.constexpr, HAS_DNORM: tl.constexpr, ACC: tl.constexpr,
+                              CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """g_g = c * gg, and the partial sums of <gg, g> per (sample, chunk)."""
     weight = tl.cast(w_hi, ACC) + tl.cast(w_lo, ACC)
     target = tl.cast(t_hi, ACC) + tl.cast(t_lo, ACC)
@@ -186,10 +190,10 @@ def _penalty_bwd2_kernel(gg_ptr, dp_ptr, dnorm_ptr, g_ptr, norm_ptr, out_ptr, pa
 
 
 @triton.jit
-def _penalty_bwd2_finalize_kernel(part_ptr, dp_ptr, dnorm_ptr, norm_ptr, gdp_ptr, gdn_ptr,
-                                  gnorm_ptr, N, n_chunks, s_dp, s_dn, w_hi, w_lo, t_hi, t_lo,
-                                  R1: tl.constexpr, HAS_DNORM: tl.constexpr, ACC: tl.constexpr,
-                                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _grad_penalty_bwd2_finalize_kernel(part_ptr, dp_ptr, dnorm_ptr, norm_ptr, gdp_ptr, gdn_ptr,
+                                       gnorm_ptr, N, n_chunks, s_dp, s_dn, w_hi, w_lo, t_hi, t_lo,
+                                       R1: tl.constexpr, HAS_DNORM: tl.constexpr, ACC: tl.constexpr,
+                                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     weight = tl.cast(w_hi, ACC) + tl.cast(w_lo, ACC)
     target = tl.cast(t_hi, ACC) + tl.cast(t_lo, ACC)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -274,12 +278,12 @@ def _triton_forward(g, weight, target, mode):
     n = g.shape[0]
     acc = C_.acc_dtype(g.dtype)
     block, chunk, n_chunks = _sizes(m)
-    part = torch.empty(n * n_chunks, dtype=_acc_torch(g.dtype), device=g.device)
+    part = torch.empty(n * n_chunks, dtype=C_.acc_torch_dtype(g.dtype), device=g.device)
     p, norm = (torch.empty(n, dtype=part.dtype, device=g.device) for _ in range(2))
-    _launch(_sumsq_partial_kernel, (n * n_chunks,), g, part, m, s_n, n_chunks,
+    _launch(_grad_penalty_fwd_kernel, (n * n_chunks,), g, part, m, s_n, n_chunks,
             ACC=acc, CHUNK=chunk, BLOCK=block, num_warps=_warps(block))
     block_n, block_c = min(C_.next_power_of_2(n), 64), min(C_.next_power_of_2(n_chunks), 64)
-    _launch(_penalty_finalize_kernel, (C_.cdiv(n, block_n),), part, p, norm, n, n_chunks,
+    _launch(_grad_penalty_fwd_finalize_kernel, (C_.cdiv(n, block_n),), part, p, norm, n, n_chunks,
             *_split(weight), *_split(target), R1=mode == "r1", ACC=acc,
             BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4)
     return p, norm
@@ -301,7 +305,7 @@ def _triton_backward(dp, dnorm, g, norm, weight, target, mode):
     n = g.shape[0]
     block, chunk, n_chunks = _sizes(m)
     dp, s_dp, dn, s_dn, has_dn = _dp_args(dp, dnorm)
-    _launch(_penalty_bwd_kernel, (n * n_chunks,), dp, dn, g, norm.contiguous(), dg, m, s_gn,
+    _launch(_grad_penalty_bwd_kernel, (n * n_chunks,), dp, dn, g, norm.contiguous(), dg, m, s_gn,
             s_on, s_dp, s_dn, n_chunks, *_split(weight), *_split(target), R1=mode == "r1",
             HAS_DNORM=has_dn, ACC=C_.acc_dtype(g.dtype), CHUNK=chunk, BLOCK=block,
             num_warps=_warps(block))
@@ -321,145 +325,60 @@ def _triton_double_backward(gg, dp, dnorm, g, norm, weight, target, mode):
     g_norm = torch.empty(n, dtype=norm.dtype, device=g.device)
     dp, s_dp, dn, s_dn, has_dn = _dp_args(dp, dnorm)
     norm = norm.contiguous()
-    part = torch.empty(n * n_chunks, dtype=_acc_torch(g.dtype), device=g.device)
-    _launch(_penalty_bwd2_kernel, (n * n_chunks,), gg, dp, dn, g, norm, g_g, part, m, s_ggn,
+    part = torch.empty(n * n_chunks, dtype=C_.acc_torch_dtype(g.dtype), device=g.device)
+    _launch(_grad_penalty_bwd2_kernel, (n * n_chunks,), gg, dp, dn, g, norm, g_g, part, m, s_ggn,
             s_gn, s_on, s_dp, s_dn, n_chunks, *_split(weight), *_split(target),
             R1=mode == "r1", HAS_DNORM=has_dn, ACC=acc, CHUNK=chunk, BLOCK=block,
             num_warps=_warps(block))
     block_n, block_c = min(C_.next_power_of_2(n), 64), min(C_.next_power_of_2(n_chunks), 64)
-    _launch(_penalty_bwd2_finalize_kernel, (C_.cdiv(n, block_n),), part, dp, dn, norm, g_dp,
+    _launch(_grad_penalty_bwd2_finalize_kernel, (C_.cdiv(n, block_n),), part, dp, dn, norm, g_dp,
             g_dn, g_norm, n, n_chunks, s_dp, s_dn, *_split(weight), *_split(target),
             R1=mode == "r1", HAS_DNORM=has_dn, ACC=acc, BLOCK_N=block_n, BLOCK_C=block_c,
             num_warps=4)
     return g_dp, g_dn, g_g, g_norm
 
 
-# CUDA extension entry points (schemas, to be defined in fastgan/_ext.py):
-#   fastgan_cuda::grad_penalty_forward(Tensor g, float weight, float target, bool r1)
-#       -> (Tensor p, Tensor norm)                       p, norm: [N], fp32 (fp64 for fp64 g)
-#   fastgan_cuda::grad_penalty_backward(Tensor dp, Tensor? dnorm, Tensor g, Tensor norm,
-#       float weight, float target, bool r1) -> Tensor dg          dg: like g (same strides)
-#   fastgan_cuda::grad_penalty_double_backward(Tensor gg, Tensor dp, Tensor? dnorm, Tensor g,
-#       Tensor norm, float weight, float target, bool r1)
-#       -> (Tensor g_dp, Tensor g_dnorm, Tensor g_g, Tensor g_norm)
-#       g_dp: [N] dtype of dp; g_dnorm: [N] dtype of dnorm (of dp when dnorm is None);
-#       g_g: like g; g_norm: [N] dtype of norm.
-# dp / dnorm may be stride-0 expands; outputs must match `_alloc_like` (the fake kernels).
-_KERNELS = {
-    "triton": (_triton_forward, _triton_backward, _triton_double_backward),
-    "cuda": (
-        lambda g, w, t, mode: torch.ops.fastgan_cuda.grad_penalty_forward(g, w, t, mode == "r1"),
-        lambda dp, dn, g, nrm, w, t, mode: torch.ops.fastgan_cuda.grad_penalty_backward(
-            dp, dn, g, nrm, w, t, mode == "r1"),
-        lambda gg, dp, dn, g, nrm, w, t, mode: torch.ops.fastgan_cuda.grad_penalty_double_backward(
-            gg, dp, dn, g, nrm, w, t, mode == "r1"),
-    ),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.library ops: forward -> backward -> double backward, each differentiable by the next;
-# the third derivative runs through the reference.
-
-@torch.library.custom_op("fastgan::grad_penalty", mutates_args=())
-def _grad_penalty_op(g: torch.Tensor, weight: float, target: float, mode: str,
-                     backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _KERNELS[backend][0](g, weight, target, mode)
-
-
-@torch.library.custom_op("fastgan::grad_penalty_backward", mutates_args=())
-def _grad_penalty_backward_op(dp: torch.Tensor, dnorm: torch.Tensor | None, g: torch.Tensor,
-                              norm: torch.Tensor, weight: float, target: float, mode: str,
-                              backend: str) -> torch.Tensor:
-    return _KERNELS[backend][1](dp, dnorm, g, norm, weight, target, mode)
-
-
-@torch.library.custom_op("fastgan::grad_penalty_double_backward", mutates_args=())
-def _grad_penalty_double_backward_op(
-        gg: torch.Tensor, dp: torch.Tensor, dnorm: torch.Tensor | None, g: torch.Tensor,
-        norm: torch.Tensor, weight: float, target: float, mode: str, backend: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _KERNELS[backend][2](gg, dp, dnorm, g, norm, weight, target, mode)
-
-
-@_grad_penalty_op.register_fake
-def _(g, weight, target, mode, backend):
-    acc = _acc_torch(g.dtype)
+# Output allocations (what the CUDA kernels must return too: fastgan/_ext.py); dp / dnorm may
+# arrive as stride-0 expands.
+def _fake_forward(g, weight, target, mode):
+    acc = C_.acc_torch_dtype(g.dtype)
     n = g.shape[0]
     return g.new_empty(n, dtype=acc), g.new_empty(n, dtype=acc)
 
 
-@_grad_penalty_backward_op.register_fake
-def _(dp, dnorm, g, norm, weight, target, mode, backend):
+def _fake_backward(dp, dnorm, g, norm, weight, target, mode):
     return _alloc_like(g)
 
 
-@_grad_penalty_double_backward_op.register_fake
-def _(gg, dp, dnorm, g, norm, weight, target, mode, backend):
+def _fake_double_backward(gg, dp, dnorm, g, norm, weight, target, mode):
     n = g.shape[0]
     dn_dtype = dp.dtype if dnorm is None else dnorm.dtype
     return (g.new_empty(n, dtype=dp.dtype), g.new_empty(n, dtype=dn_dtype), _alloc_like(g),
             g.new_empty(n, dtype=norm.dtype))
 
 
-def _setup_forward(ctx, inputs, output):
-    ctx.set_materialize_grads(False)  # an unused norm's gradient stays None, not zeros
-    ctx.save_for_backward(inputs[0], output[1])
-    ctx.args = inputs[1:]
+def _cuda_params(weight, target, mode):
+    """The extension takes `r1: bool` where the launchers take `mode: str`."""
+    return weight, target, mode == "r1"
 
 
-def _forward_vjp(ctx, dp, dnorm):
-    g, norm = ctx.saved_tensors
-    if dp is None:
-        dp = torch.zeros_like(norm)
-    return _grad_penalty_backward_op(dp, dnorm, g, norm, *ctx.args), None, None, None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    dp, dnorm, g, norm = inputs[:4]
-    ctx.has_dnorm = dnorm is not None
-    ctx.save_for_backward(dp, dnorm if dnorm is not None else None, g, norm)
-    ctx.args = inputs[4:]
-
-
-def _backward_vjp(ctx, gg):
-    dp, dnorm, g, norm = ctx.saved_tensors
-    if not ctx.has_dnorm:
-        dnorm = None
-    g_dp, g_dn, g_g, g_norm = _grad_penalty_double_backward_op(gg, dp, dnorm, g, norm, *ctx.args)
-    return g_dp, (g_dn if ctx.has_dnorm else None), g_g, g_norm, None, None, None, None
-
-
-def _setup_double_backward(ctx, inputs, output):
-    gg, dp, dnorm, g, norm = inputs[:5]
-    ctx.has_dnorm = dnorm is not None
-    ctx.save_for_backward(gg, dp, dnorm, g, norm)
-    ctx.args = inputs[5:8]
-
-
-def _double_backward_vjp(ctx, c_dp, c_dn, c_g, c_norm):
-    gg, dp, dnorm, g, norm = ctx.saved_tensors
-    weight, target, mode = ctx.args
-    has_dn = ctx.has_dnorm
-    if not has_dn:
-        dnorm = torch.zeros_like(dp)
-
-    def double_backward_ref(gg, dp, dnorm, g, norm):
-        return C_.reference_vjp(
-            lambda dp, dnorm, g, norm: _backward_ref(dp, dnorm, g, norm, weight, target, mode),
-            (dp, dnorm, g, norm), gg)
-
-    primals = (gg, dp, dnorm, g, norm)
-    cotangents = tuple(torch.zeros_like(t) if c is None else c
-                       for c, t in zip((c_dp, c_dn, c_g, c_norm), primals[1:]))
-    r_gg, r_dp, r_dn, r_g, r_norm = C_.reference_vjp(double_backward_ref, primals, cotangents)
-    return r_gg, r_dp, (r_dn if has_dn else None), r_g, r_norm, None, None, None, None
-
-
-_grad_penalty_op.register_autograd(_forward_vjp, setup_context=_setup_forward)
-_grad_penalty_backward_op.register_autograd(_backward_vjp, setup_context=_setup_backward)
-_grad_penalty_double_backward_op.register_autograd(_double_backward_vjp,
-                                                   setup_context=_setup_double_backward)
+# The forward saves g and its own output norm; the backward takes the norm as an input (so its
+# reference is `_backward_ref`, not a vjp of the forward's). An unused norm's gradient stays None
+# (materialize_grads=False): the backward takes `Tensor? dnorm`.
+_PARAMS = "float weight, float target, str mode, str backend"
+_ops = _registry.declare(
+    "grad_penalty",
+    forward=f"(Tensor g, {_PARAMS}) -> (Tensor, Tensor)",
+    backward=f"(Tensor dp, Tensor? dnorm, Tensor g, Tensor norm, {_PARAMS}) -> Tensor",
+    double_backward=f"(Tensor gg, Tensor dp, Tensor? dnorm, Tensor g, Tensor norm, {_PARAMS})"
+                    " -> (Tensor, Tensor, Tensor, Tensor)",
+    triton=(_triton_forward, _triton_backward, _triton_double_backward),
+    fake=(_fake_forward, _fake_backward, _fake_double_backward),
+    backward_ref=_backward_ref,
+    save_outputs=(1,),
+    materialize_grads=False,
+    cuda_params=_cuda_params,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,23 +387,34 @@ def _check_args(g, weight, target, mode):
     C_.check_float_tensor(g, "g", min_dim=1)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-        raise TypeError(f"weight must be a float, got {type(weight).__name__}")
+    C_.check_number(weight, "weight")
     if mode == "gp":
-        if not isinstance(target, (int, float)) or isinstance(target, bool) or not target > 0:
+        C_.check_number(target, "target")
+        if not target > 0:
             raise ValueError(f"target must be a float > 0, got {target!r}")
 
 
 def grad_penalty(g: torch.Tensor, weight: float = 10.0, target: float = 1.0, mode: str = "gp",
                  *, return_norm: bool = False):
-    """Per-sample penalty of a gradient batch g [N, *] (see the module docstring):
-    mode "gp": weight * (||g_n|| - target)^2 / target^2;  mode "r1": weight * ||g_n||^2.
-    Returns p [N] (and norm [N] with return_norm=True), fp32 for fp16/bf16/fp32 g, fp64 for fp64.
-    Differentiable twice (and more, through the reference) w.r.t. g."""
+    """Per-sample penalty of a batch of gradients (see the module docstring).
+
+    Args:
+        g: [N, *] (any rank >= 1), float16 / bfloat16 / float32 / float64, any strides (each
+            sample's elements are reduced together; dense layouts are read without a copy).
+        weight: the penalty's factor (WGAN-GP's lambda; gamma / 2 for R1).
+        target: mode "gp" only: the norm the penalty pulls towards, > 0.
+        mode: "gp": weight * (||g_n|| - target)^2 / target^2;  "r1": weight * ||g_n||^2.
+        return_norm: also return the per-sample norms ||g_n||.
+
+    Returns:
+        p, [N], float32 (float64 for float64 g); with return_norm=True the pair (p, norm), norm
+        [N] of the same dtype. Differentiable twice w.r.t. g by the kernels (and further through
+        the reference).
+    """
     _check_args(g, weight, target, mode)
     backend = _backend.resolve(g, "grad_penalty")
     if backend == "ref" or g.numel() == 0:
         out = grad_penalty_ref(g, float(weight), float(target), mode, return_norm=True)
     else:
-        out = _grad_penalty_op(g, float(weight), float(target), mode, backend)
+        out = _ops.forward(g, float(weight), float(target), mode, backend)
     return out if return_norm else out[0]

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from . import _common as C_
+from . import _common as C_, _registry
 
 __all__ = ["minibatch_stddev", "minibatch_stddev_ref", "LAYOUTS"]
 
@@ -46,8 +46,7 @@ def _check_args(x, group_size, num_features, eps, layout, unbiased) -> int:
     """Raise TypeError/ValueError naming the bad argument; return G = min(group_size, N)."""
     C_.check_float_tensor(x, "x", ndim=4)
     for name, value in (("group_size", group_size), ("num_features", num_features)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        C_.check_number(value, name, integer=True)
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     C_.check_eps(eps)
@@ -102,6 +101,18 @@ def minibatch_stddev_ref(x: torch.Tensor, group_size: int = 4, num_features: int
 # comes with its own 4 strides (any, 0 too). When the group fits one [BLOCK_G, BLOCK_E] tile
 # (ONE_TILE: G <= 64, every practical group size) each element's G samples are loaded once and
 # kept in registers; larger groups are swept in BLOCK_G-row chunks, once per statistic.
+# Arguments (sizes as in the module docstring):
+#   x, y, dy, gg, gdy, gx   input, output, the gradients arriving at y and dx, the double
+#                 backward's outputs; part: [M*F*SPLIT] partial sums, reduced by the fill kernel
+#   G, F, C, c    group size, feature maps, channels of x, channels per feature slice
+#   HW, W, E, GHW   H*W, W, elements per slice (c*H*W), positions of a group's map (G*H*W)
+#   SPLIT, CHUNK  programs per (group, slice), and the slice elements each owns
+#   D, K          the variance's divisor (G or G-1), and K = E*D
+#   eps           fp64 (see _common.as_acc)
+#   sm, sg        sample n = m*sm + g*sg (group m, member g): the layout
+#   s<t>_{n,c,h,w}  strides of tensor t (sx: x, sy: y, sd: dy, sg: gg, sa: gdy, sb: gx, so: out)
+#   CL            elements enumerated channels fastest (channels_last x); ONE_TILE: G fits one
+#                 tile; IDX: int32 or int64 index arithmetic; ACC: accumulation dtype
 
 @triton.jit
 def _element(e, c, HW, W, CL: tl.constexpr):
@@ -165,10 +176,11 @@ def _loop_moments(x_ptr, gg_ptr, m, G, sm, sg, sx_n, ox, sg_n, og, emask,
 
 
 @triton.jit
-def _mbstd_fwd_kernel(x_ptr, y_ptr, part_ptr, G, F, c, HW, W, E, SPLIT, CHUNK, D, eps: tl.float64, sm, sg,
-                      sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
-                      CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
-                      ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr):
+def _minibatch_stddev_fwd_kernel(x_ptr, y_ptr, part_ptr, G, F, c, HW, W, E, SPLIT, CHUNK, D,
+                                 eps: tl.float64, sm, sg,
+                                 sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
+                                 CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
+                                 ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr):
     """Writes y[:, :C] = x and the partial sums of sigma."""
     eps = C_.as_acc(eps, ACC)  # an fp64 argument: exact for fp64 kernels
     pid = tl.program_id(0)
@@ -209,9 +221,9 @@ def _mbstd_fwd_kernel(x_ptr, y_ptr, part_ptr, G, F, c, HW, W, E, SPLIT, CHUNK, D
 
 
 @triton.jit
-def _mbstd_fill_kernel(part_ptr, out_ptr, GHW, F, C, HW, W, SPLIT, n_chunks, divisor, sm, sg,
-                       so_n, so_c, so_h, so_w, IDX: tl.constexpr, BLOCK_S: tl.constexpr,
-                       BLOCK: tl.constexpr):
+def _minibatch_stddev_fill_kernel(part_ptr, out_ptr, GHW, F, C, HW, W, SPLIT, n_chunks, divisor,
+                                  sm, sg, so_n, so_c, so_h, so_w, IDX: tl.constexpr,
+                                  BLOCK_S: tl.constexpr, BLOCK: tl.constexpr):
     """out[n, C+f, h, w] = (sum of the SPLIT partials of (m(n), f)) / divisor, for one chunk of
     the G*H*W positions of group m's extra map f."""
     pid = tl.program_id(0)
@@ -232,12 +244,12 @@ def _mbstd_fill_kernel(part_ptr, out_ptr, GHW, F, C, HW, W, SPLIT, n_chunks, div
 
 
 @triton.jit
-def _mbstd_bwd_kernel(dy_ptr, x_ptr, dx_ptr, G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK, D, K,
-                      eps: tl.float64, sm, sg, sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
-                      so_n, so_c, so_h, so_w,
-                      CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
-                      ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
+def _minibatch_stddev_bwd_kernel(dy_ptr, x_ptr, dx_ptr, G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK,
+                                 D, K, eps: tl.float64, sm, sg, sd_n, sd_c, sd_h, sd_w,
+                                 sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w,
+                                 CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
+                                 ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr,
+                                 BLOCK_R: tl.constexpr):
     """dx = dy[:, :C] + dS * (x - mu) / (K sigma)."""
     eps = C_.as_acc(eps, ACC)  # an fp64 argument: exact for fp64 kernels
     pid = tl.program_id(0)
@@ -283,13 +295,14 @@ def _mbstd_bwd_kernel(dy_ptr, x_ptr, dx_ptr, G, F, C, c, HW, W, E, GHW, SPLIT, C
 
 
 @triton.jit
-def _mbstd_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, part_ptr,
-                       G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK, D, K, eps: tl.float64, sm, sg,
-                       sg_n, sg_c, sg_h, sg_w, sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
-                       sa_n, sa_c, sa_h, sa_w, sb_n, sb_c, sb_h, sb_w,
-                       CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
-                       ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr,
-                       BLOCK_R: tl.constexpr):
+def _minibatch_stddev_bwd2_kernel(gg_ptr, dy_ptr, x_ptr, gdy_ptr, gx_ptr, part_ptr,
+                                  G, F, C, c, HW, W, E, GHW, SPLIT, CHUNK, D, K, eps: tl.float64,
+                                  sm, sg, sg_n, sg_c, sg_h, sg_w, sd_n, sd_c, sd_h, sd_w,
+                                  sx_n, sx_c, sx_h, sx_w, sa_n, sa_c, sa_h, sa_w,
+                                  sb_n, sb_c, sb_h, sb_w,
+                                  CL: tl.constexpr, ONE_TILE: tl.constexpr, IDX: tl.constexpr,
+                                  ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_E: tl.constexpr,
+                                  BLOCK_R: tl.constexpr):
     """Writes g_x (strides sb_*) and g_dy[:, :C] = gg (strides sa_*), and the partial sums of
     K*T = sum gg (x - mu) / sigma."""
     eps = C_.as_acc(eps, ACC)  # an fp64 argument: exact for fp64 kernels
@@ -415,14 +428,14 @@ def _check_shape(t: torch.Tensor, name: str, shape, x: torch.Tensor) -> None:
 
 
 def _partials(x: torch.Tensor, p: dict) -> torch.Tensor:
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.empty(p["M"] * p["F"] * p["SPLIT"], dtype=dtype, device=x.device)
+    return torch.empty(p["M"] * p["F"] * p["SPLIT"], dtype=C_.acc_torch_dtype(x.dtype),
+                       device=x.device)
 
 
 def _fill(part: torch.Tensor, out: torch.Tensor, p: dict, divisor: int) -> None:
     block = min(C_.next_power_of_2(p["GHW"]), 1024)
     n_chunks = C_.cdiv(p["GHW"], block)
-    _launch(_mbstd_fill_kernel, (p["M"] * p["F"] * n_chunks,),
+    _launch(_minibatch_stddev_fill_kernel, (p["M"] * p["F"] * n_chunks,),
             part, out, p["GHW"], p["F"], p["C"], p["HW"], p["W"], p["SPLIT"], n_chunks, divisor,
             p["sm"], p["sg"], *out.stride(), IDX=p["IDX"], BLOCK_S=C_.next_power_of_2(p["SPLIT"]),
             BLOCK=block, num_warps=4 if block >= 512 else 1)
@@ -434,7 +447,7 @@ def _triton_forward(x, group_size, num_features, eps, layout, unbiased):
         return y
     p, meta = _plan(x, group_size, num_features, eps, layout, unbiased)
     part = _partials(x, p)
-    _launch(_mbstd_fwd_kernel, (p["M"] * p["F"] * p["SPLIT"],),
+    _launch(_minibatch_stddev_fwd_kernel, (p["M"] * p["F"] * p["SPLIT"],),
             x, y, part, group_size, p["F"], p["c"], p["HW"], p["W"], p["E"], p["SPLIT"],
             p["CHUNK"], p["D"], eps, p["sm"], p["sg"], *x.stride(), *y.stride(), **meta)
     _fill(part, y, p, p["E"])
@@ -447,7 +460,7 @@ def _triton_backward(grad, x, group_size, num_features, eps, layout, unbiased):
     if dx.numel() == 0:
         return dx
     p, meta = _plan(x, group_size, num_features, eps, layout, unbiased)
-    _launch(_mbstd_bwd_kernel, (p["M"] * p["F"] * p["SPLIT"],),
+    _launch(_minibatch_stddev_bwd_kernel, (p["M"] * p["F"] * p["SPLIT"],),
             grad, x, dx, group_size, p["F"], p["C"], p["c"], p["HW"], p["W"], p["E"], p["GHW"],
             p["SPLIT"], p["CHUNK"], p["D"], p["E"] * p["D"], eps, p["sm"], p["sg"],
             *grad.stride(), *x.stride(), *dx.stride(),
@@ -463,7 +476,7 @@ def _triton_double_backward(gg, grad, x, group_size, num_features, eps, layout, 
         return g_grad, g_x
     p, meta = _plan(x, group_size, num_features, eps, layout, unbiased)
     part = _partials(x, p)
-    _launch(_mbstd_bwd2_kernel, (p["M"] * p["F"] * p["SPLIT"],),
+    _launch(_minibatch_stddev_bwd2_kernel, (p["M"] * p["F"] * p["SPLIT"],),
             gg, grad, x, g_grad, g_x, part, group_size, p["F"], p["C"], p["c"], p["HW"], p["W"],
             p["E"], p["GHW"], p["SPLIT"], p["CHUNK"], p["D"], p["E"] * p["D"], eps, p["sm"],
             p["sg"], *gg.stride(), *grad.stride(), *x.stride(), *g_grad.stride(), *g_x.stride(),
@@ -472,132 +485,62 @@ def _triton_double_backward(gg, grad, x, group_size, num_features, eps, layout, 
     return g_grad, g_x
 
 
-# The "cuda" entries call the compiled extension (schemas in fastgan/_ext.py, which takes
-# `strided: bool` where these launchers take `layout: str`); group_size is already
-# min(group_size, N) and every argument validated.
-def _cuda_forward(x, group_size, num_features, eps, layout, unbiased):
-    return torch.ops.fastgan_cuda.minibatch_stddev_forward(
-        x, group_size, num_features, eps, layout == "strided", unbiased)
-
-
-def _cuda_backward(grad, x, group_size, num_features, eps, layout, unbiased):
-    return torch.ops.fastgan_cuda.minibatch_stddev_backward(
-        grad, x, group_size, num_features, eps, layout == "strided", unbiased)
-
-
-def _cuda_double_backward(gg, grad, x, group_size, num_features, eps, layout, unbiased):
-    return torch.ops.fastgan_cuda.minibatch_stddev_double_backward(
-        gg, grad, x, group_size, num_features, eps, layout == "strided", unbiased)
-
-
-_KERNELS = {
-    "triton": (_triton_forward, _triton_backward, _triton_double_backward),
-    "cuda": (_cuda_forward, _cuda_backward, _cuda_double_backward),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.library ops: forward -> backward -> double backward, each differentiable by the next;
-# the third derivative runs through the reference. group_size is already min(group_size, N).
-
-@torch.library.custom_op("fastgan::minibatch_stddev", mutates_args=())
-def _minibatch_stddev_op(x: torch.Tensor, group_size: int, num_features: int, eps: float,
-                         layout: str, unbiased: bool, backend: str) -> torch.Tensor:
-    return _KERNELS[backend][0](x, group_size, num_features, eps, layout, unbiased)
-
-
-@torch.library.custom_op("fastgan::minibatch_stddev_backward", mutates_args=())
-def _minibatch_stddev_backward_op(grad: torch.Tensor, x: torch.Tensor, group_size: int,
-                                  num_features: int, eps: float, layout: str, unbiased: bool,
-                                  backend: str) -> torch.Tensor:
-    return _KERNELS[backend][1](grad, x, group_size, num_features, eps, layout, unbiased)
-
-
-@torch.library.custom_op("fastgan::minibatch_stddev_double_backward", mutates_args=())
-def _minibatch_stddev_double_backward_op(gg: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
-                                         group_size: int, num_features: int, eps: float,
-                                         layout: str, unbiased: bool, backend: str
-                                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _KERNELS[backend][2](gg, grad, x, group_size, num_features, eps, layout, unbiased)
-
-
-@_minibatch_stddev_op.register_fake
-def _(x, group_size, num_features, eps, layout, unbiased, backend):
+def _fake_forward(x, group_size, num_features, eps, layout, unbiased):
     return _empty_out(x, x.shape[1] + num_features)
 
 
-@_minibatch_stddev_backward_op.register_fake
-def _(grad, x, group_size, num_features, eps, layout, unbiased, backend):
+def _fake_backward(grad, x, group_size, num_features, eps, layout, unbiased):
     return _empty_out(x, x.shape[1])
 
 
-@_minibatch_stddev_double_backward_op.register_fake
-def _(gg, grad, x, group_size, num_features, eps, layout, unbiased, backend):
+def _fake_double_backward(gg, grad, x, group_size, num_features, eps, layout, unbiased):
     return _empty_out(x, x.shape[1] + num_features), _empty_out(x, x.shape[1])
 
 
-_N_ARGS = 6  # group_size, num_features, eps, layout, unbiased, backend
+def _cuda_params(group_size, num_features, eps, layout, unbiased):
+    """The extension takes `strided: bool` where the launchers take `layout: str`."""
+    return group_size, num_features, eps, layout == "strided", unbiased
 
 
-def _save_x(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.args = inputs[1:]
-
-
-def _forward_vjp(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _minibatch_stddev_backward_op(grad, x, *ctx.args), *(None,) * _N_ARGS
-
-
-def _save_grad_x(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.args = inputs[2:]
-
-
-def _backward_vjp(ctx, gg):
-    grad, x = ctx.saved_tensors
-    g_grad, g_x = _minibatch_stddev_double_backward_op(gg, grad, x, *ctx.args)
-    return g_grad, g_x, *(None,) * _N_ARGS
-
-
-def _save_all(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:3])
-    ctx.args = inputs[3:8]
-
-
-def _double_backward_vjp(ctx, g_g_grad, g_g_x):
-    args = ctx.args  # group_size, num_features, eps, layout, unbiased
-
-    def double_backward_ref(gg, grad, x):
-        def backward_ref(grad, x):
-            return C_.reference_vjp(lambda x: minibatch_stddev_ref(x, *args), (x,), grad)[0]
-        return C_.reference_vjp(backward_ref, (grad, x), gg)
-
-    cotangents = tuple(torch.zeros_like(t) if g is None else g
-                       for g, t in zip((g_g_grad, g_g_x), ctx.saved_tensors[1:]))
-    return (*C_.reference_vjp(double_backward_ref, ctx.saved_tensors, cotangents),
-            *(None,) * _N_ARGS)
-
-
-_minibatch_stddev_op.register_autograd(_forward_vjp, setup_context=_save_x)
-_minibatch_stddev_backward_op.register_autograd(_backward_vjp, setup_context=_save_grad_x)
-_minibatch_stddev_double_backward_op.register_autograd(_double_backward_vjp,
-                                                       setup_context=_save_all)
+# group_size is already min(group_size, N), every argument validated.
+_PARAMS = ("SymInt group_size, SymInt num_features, float eps, str layout, bool unbiased, "
+           "str backend")
+_ops = _registry.declare(
+    "minibatch_stddev",
+    forward=f"(Tensor x, {_PARAMS}) -> Tensor",
+    backward=f"(Tensor grad, Tensor x, {_PARAMS}) -> Tensor",
+    double_backward=f"(Tensor gg, Tensor grad, Tensor x, {_PARAMS}) -> (Tensor, Tensor)",
+    triton=(_triton_forward, _triton_backward, _triton_double_backward),
+    fake=(_fake_forward, _fake_backward, _fake_double_backward),
+    reference=minibatch_stddev_ref,
+    cuda_params=_cuda_params,
+)
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_features: int = 1,
                      eps: float = 1e-8, layout: str = "strided",
                      unbiased: bool = False) -> torch.Tensor:
-    """Append `num_features` maps of the per-group standard deviation to x [N, C, H, W]:
-    returns [N, C + num_features, H, W] (see the module docstring for the exact math).
+    """Append `num_features` maps of the per-group standard deviation to x (see the module
+    docstring for the exact math).
 
-    group_size: samples per group, G = min(group_size, N), which must divide N.
-    layout: "strided" (sample n in group n % (N // G), as in the official ProGAN/StyleGAN code)
-        or "contiguous" (group n // G, as in pytorch_GAN_zoo).
-    unbiased: divide the variance by G - 1 instead of G (needs G >= 2).
+    Args:
+        x: [N, C, H, W], float16 / bfloat16 / float32 / float64, NCHW, channels_last or any
+            strides; C >= 1.
+        group_size: samples per group, G = min(group_size, N), which must divide N.
+        num_features: F, the number of maps appended; must divide C (each map averages the
+            stddev over C / F channels).
+        eps: added to each variance before the square root, >= 0.
+        layout: "strided" (sample n in group n % (N // G), as in the official ProGAN/StyleGAN
+            code) or "contiguous" (group n // G, as in pytorch_GAN_zoo).
+        unbiased: divide the variance by G - 1 instead of G (needs G >= 2).
+
+    Returns:
+        [N, C + num_features, H, W] in x's dtype: x, then the F maps (each constant over H, W
+        and over a group); channels_last when x is channels_last, else contiguous. Statistics
+        are accumulated in fp32 (fp64 for fp64 x). Differentiable to any order.
     """
     g = _check_args(x, group_size, num_features, eps, layout, unbiased)
     backend = _backend.resolve(x, "minibatch_stddev")
     if backend == "ref" or x.numel() == 0:
         return minibatch_stddev_ref(x, group_size, num_features, eps, layout, unbiased)
-    return _minibatch_stddev_op(x, g, num_features, float(eps), layout, unbiased, backend)
+    return _ops.forward(x, g, num_features, float(eps), layout, unbiased, backend)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from . import _common as C_
+from . import _common as C_, _registry
 
 __all__ = ["pixel_norm", "pixel_norm_ref"]
 
@@ -32,7 +32,14 @@ def pixel_norm_ref(x: torch.Tensor, eps: float = 1e-8, dim: int = 1) -> torch.Te
 # ---------------------------------------------------------------------------------------------
 # Triton kernels: every tensor is seen as [outer, C, inner] with its own three strides; a program
 # owns one outer index and BLOCK_I inner positions, and sweeps C in BLOCK_C chunks twice (reduce,
-# then write).
+# then write). Arguments:
+#   *_ptr         inputs (x; dy = the gradient at y; gg = the gradient at dx) and outputs
+#   C, INNER      channels, and positions per outer index (the product of the dims after dim)
+#   n_i_blocks    programs per outer index, cdiv(INNER, BLOCK_I)
+#   eps           fp64 (see _common.as_acc)
+#   s<t>_{o,c,i}  strides of tensor t along outer, C, inner (sx: x, sy: y, sd: dy, sg: gg,
+#                 so: the outputs, which share one layout)
+#   ACC           accumulation dtype: fp32, fp64 for fp64 tensors
 
 @triton.jit
 def _tile(o, c, i, s_o, s_c, s_i):
@@ -165,97 +172,44 @@ def _triton_double_backward(gg, grad, x, eps, dim):
     return g_grad, g_x
 
 
-_KERNELS = {
-    "triton": (_triton_forward, _triton_backward, _triton_double_backward),
-    "cuda": (lambda *a: torch.ops.fastgan_cuda.pixel_norm_forward(*a),
-             lambda *a: torch.ops.fastgan_cuda.pixel_norm_backward(*a),
-             lambda *a: torch.ops.fastgan_cuda.pixel_norm_double_backward(*a)),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.library ops: forward -> backward -> double backward, each differentiable by the next;
-# the third derivative runs through the reference.
-
-@torch.library.custom_op("fastgan::pixel_norm", mutates_args=())
-def _pixel_norm_op(x: torch.Tensor, eps: float, dim: int, backend: str) -> torch.Tensor:
-    return _KERNELS[backend][0](x, eps, dim)
-
-
-@torch.library.custom_op("fastgan::pixel_norm_backward", mutates_args=())
-def _pixel_norm_backward_op(grad: torch.Tensor, x: torch.Tensor, eps: float, dim: int,
-                            backend: str) -> torch.Tensor:
-    return _KERNELS[backend][1](grad, x, eps, dim)
-
-
-@torch.library.custom_op("fastgan::pixel_norm_double_backward", mutates_args=())
-def _pixel_norm_double_backward_op(gg: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
-                                   eps: float, dim: int, backend: str
-                                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _KERNELS[backend][2](gg, grad, x, eps, dim)
-
-
-@_pixel_norm_op.register_fake
-def _(x, eps, dim, backend):
+def _fake_forward(x, eps, dim):
     return C_.empty_like3(x, dim)
 
 
-@_pixel_norm_backward_op.register_fake
-def _(grad, x, eps, dim, backend):
+def _fake_backward(grad, x, eps, dim):
     return C_.empty_like3(x, dim)
 
 
-@_pixel_norm_double_backward_op.register_fake
-def _(gg, grad, x, eps, dim, backend):
+def _fake_double_backward(gg, grad, x, eps, dim):
     return C_.empty_like3(x, dim), C_.empty_like3(x, dim)
 
 
-def _save_x(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.args = inputs[1:]
-
-
-def _forward_vjp(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _pixel_norm_backward_op(grad, x, *ctx.args), None, None, None
-
-
-def _save_grad_x(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.args = inputs[2:]
-
-
-def _backward_vjp(ctx, gg):
-    grad, x = ctx.saved_tensors
-    g_grad, g_x = _pixel_norm_double_backward_op(gg, grad, x, *ctx.args)
-    return g_grad, g_x, None, None, None
-
-
-def _save_all(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:3])
-    ctx.args = inputs[3:5]
-
-
-def _double_backward_vjp(ctx, g_g_grad, g_g_x):
-    eps, dim = ctx.args
-
-    def double_backward_ref(gg, grad, x):
-        def backward_ref(grad, x):
-            return C_.reference_vjp(lambda x: pixel_norm_ref(x, eps, dim), (x,), grad)[0]
-        return C_.reference_vjp(backward_ref, (grad, x), gg)
-
-    cotangents = tuple(torch.zeros_like(t) if g is None else g
-                       for g, t in zip((g_g_grad, g_g_x), ctx.saved_tensors[1:]))
-    return (*C_.reference_vjp(double_backward_ref, ctx.saved_tensors, cotangents), None, None, None)
-
-
-_pixel_norm_op.register_autograd(_forward_vjp, setup_context=_save_x)
-_pixel_norm_backward_op.register_autograd(_backward_vjp, setup_context=_save_grad_x)
-_pixel_norm_double_backward_op.register_autograd(_double_backward_vjp, setup_context=_save_all)
+_ops = _registry.declare(
+    "pixel_norm",
+    forward="(Tensor x, float eps, SymInt dim, str backend) -> Tensor",
+    backward="(Tensor grad, Tensor x, float eps, SymInt dim, str backend) -> Tensor",
+    double_backward="(Tensor gg, Tensor grad, Tensor x, float eps, SymInt dim, str backend)"
+                    " -> (Tensor, Tensor)",
+    triton=(_triton_forward, _triton_backward, _triton_double_backward),
+    fake=(_fake_forward, _fake_backward, _fake_double_backward),
+    reference=pixel_norm_ref,
+)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8, dim: int = 1) -> torch.Tensor:
-    """x * rsqrt(mean(x**2, dim, keepdim=True) + eps) for x of shape [N, C] or [N, C, *]."""
+    """Pixelwise feature normalization: x * rsqrt(mean(x**2, dim, keepdim=True) + eps).
+
+    Args:
+        x: [N, C] or [N, C, *], float16 / bfloat16 / float32 / float64, any strides (NCHW,
+            channels_last, sliced); dim must be non-empty.
+        eps: added to the mean square, >= 0.
+        dim: the normalized dim (the channels), may be negative.
+
+    Returns:
+        A tensor of x's shape and dtype, laid out like x where its strides allow (else
+        contiguous); statistics are accumulated in fp32 (fp64 for fp64 x). Differentiable to
+        any order.
+    """
     C_.check_float_tensor(x, "x", min_dim=2)
     C_.check_eps(eps)
     dim = C_.normalize_dim(dim, x.dim())
@@ -264,4 +218,4 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8, dim: int = 1) -> torch.Tensor
     backend = _backend.resolve(x, "pixel_norm")
     if backend == "ref" or x.numel() == 0:
         return pixel_norm_ref(x, eps, dim)
-    return _pixel_norm_op(x, float(eps), dim, backend)
+    return _ops.forward(x, float(eps), dim, backend)

@@ -1,0 +1,99 @@
+"""fastgan.ops._registry: a plain differentiable op declared with the defaults only (y = s x^3,
+its "kernels" written in torch and counted) runs its kernels for the first two derivatives and the
+reference for the third, passes opcheck, and bad declarations are refused."""
+
+import collections
+
+import pytest
+import torch
+
+from fastgan.ops import _registry
+
+_calls = collections.Counter()
+
+
+def _cube_forward(x, s):
+    _calls["forward"] += 1
+    return s * x ** 3
+
+
+def _cube_backward(grad, x, s):
+    _calls["backward"] += 1
+    return grad * 3 * s * x ** 2
+
+
+def _cube_double_backward(gg, grad, x, s):
+    _calls["double_backward"] += 1
+    return gg * 3 * s * x ** 2, gg * grad * 6 * s * x
+
+
+def _cube_ref(x, s):
+    _calls["reference"] += 1
+    return s * x ** 3
+
+
+_cube = _registry.declare(
+    "registry_test_cube",
+    forward="(Tensor x, float s, str backend) -> Tensor",
+    backward="(Tensor grad, Tensor x, float s, str backend) -> Tensor",
+    double_backward="(Tensor gg, Tensor grad, Tensor x, float s, str backend)"
+                    " -> (Tensor, Tensor)",
+    triton=(_cube_forward, _cube_backward, _cube_double_backward),
+    fake=(lambda x, s: torch.empty_like(x), lambda grad, x, s: torch.empty_like(x),
+          lambda gg, grad, x, s: (torch.empty_like(x), torch.empty_like(x))),
+    reference=_cube_ref,
+)
+
+
+def test_default_chain_runs_the_kernels_then_the_reference():
+    """Orders 0-2 run the kernels only (the second order's d/d grad flows back through the
+    forward's vjp: the backward runs twice); the third runs through the reference."""
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    _calls.clear()
+    y = _cube.forward(x, 1.5, "triton")
+    (g1,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.square().sum(), x, create_graph=True)
+    assert _calls == {"forward": 1, "backward": 2, "double_backward": 1}, _calls
+    (g3,) = torch.autograd.grad(g2.square().sum(), x)
+    assert _calls["reference"] > 0
+
+    xr = x.detach().requires_grad_()
+    yr = 1.5 * xr ** 3
+    (r1,) = torch.autograd.grad(yr.square().sum(), xr, create_graph=True)
+    (r2,) = torch.autograd.grad(r1.square().sum(), xr, create_graph=True)
+    (r3,) = torch.autograd.grad(r2.square().sum(), xr)
+    for order, (a, e) in enumerate(zip((y, g1, g2, g3), (yr, r1, r2, r3))):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=0, msg=f"derivative {order}")
+
+
+def test_ops_are_registered_under_their_names_and_pass_opcheck():
+    assert torch.ops.fastgan.registry_test_cube.default._schema.name == \
+        "fastgan::registry_test_cube"
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    gg = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(_cube.forward, (x, 0.5, "triton"))
+    torch.library.opcheck(_cube.backward, (grad, x, 0.5, "triton"))
+    torch.library.opcheck(_cube.double_backward, (gg, grad, x, 0.5, "triton"))
+
+
+@pytest.mark.parametrize("schemas,words", [
+    (("(Tensor x, float s) -> Tensor",) * 3, "str backend` last"),
+    (("(float s, Tensor x, str backend) -> Tensor",) * 3, "tensor arguments first"),
+])
+def test_bad_schemas_are_refused(schemas, words):
+    with pytest.raises(ValueError, match=words):
+        _registry.declare("registry_test_bad", forward=schemas[0], backward=schemas[1],
+                          double_backward=schemas[2], triton=(None,) * 3, fake=(None,) * 3,
+                          reference=_cube_ref)
+
+
+def test_a_backward_taking_more_than_the_forward_gives_needs_backward_ref():
+    with pytest.raises(ValueError, match="give backward_ref"):
+        _registry.declare(
+            "registry_test_saved",
+            forward="(Tensor x, str backend) -> (Tensor, Tensor)",
+            backward="(Tensor dy, Tensor? dn, Tensor x, Tensor n, str backend) -> Tensor",
+            double_backward="(Tensor gg, Tensor dy, Tensor? dn, Tensor x, Tensor n, str backend)"
+                            " -> (Tensor, Tensor, Tensor, Tensor)",
+            triton=(None,) * 3, fake=(None,) * 3, reference=_cube_ref, save_outputs=(1,))
