@@ -40,7 +40,8 @@ from torch import nn
 from .. import nn as fnn
 
 __all__ = ["nf", "Generator", "Discriminator", "PlainDiscriminator", "PlainEqualConv2d",
-           "PlainEqualLinear", "PlainMinibatchStdDev", "fade_images"]
+           "PlainEqualLinear", "PlainMinibatchStdDev", "fade_images", "PlainGenerator",
+           "PlainPixelNorm", "PlainFusedLeakyReLU"]
 
 SQRT2 = math.sqrt(2.0)
 DOWN_ORDERS = ("official", "port")
@@ -286,16 +287,17 @@ class Discriminator(_DiscriminatorBase):
 # The same discriminator in plain torch
 
 class PlainEqualConv2d(nn.Module):
-    """EqualConv2d's math in plain torch (resample None or "down", activation None, "relu" or
-    "lrelu"), with the same arguments and parameters; kernel_size is one int. Forward: x
+    """EqualConv2d's math in plain torch (resample None, "up" or "down"; activation None, "relu"
+    or "lrelu"), with the same arguments and parameters; kernel_size is one int. Forward: x
     [N, in_channels, H, W] -> [N, out_channels, H', W']."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,
                  gain=SQRT2, lr_mul=1.0, bias_init=0.0, activation=None, alpha=0.2,
                  act_gain=1.0, resample=None):
         super().__init__()
-        if resample not in (None, "down"):
-            raise ValueError(f"PlainEqualConv2d supports resample None or 'down', got {resample!r}")
+        if resample not in (None, "down", "up"):
+            raise ValueError(f"PlainEqualConv2d supports resample None, 'up' or 'down', got "
+                             f"{resample!r}")
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size,
                                                kernel_size) / lr_mul)
         self.bias = nn.Parameter(torch.full((out_channels,), float(bias_init))) if bias else None
@@ -305,6 +307,8 @@ class PlainEqualConv2d(nn.Module):
                                                                     resample)
 
     def forward(self, x):
+        if self.resample == "up":
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         y = F.conv2d(x, self.weight * self.scale, None, self.stride, self.padding)
         if self.resample == "down":
             y = F.avg_pool2d(y, 2)
@@ -389,3 +393,66 @@ class PlainDiscriminator(_DiscriminatorBase):
     _linear = PlainEqualLinear
     _mbstd = PlainMinibatchStdDev
     _block = _PlainDBlock
+
+
+# ---------------------------------------------------------------------------------------------
+# The same generator in plain torch
+
+class PlainPixelNorm(nn.Module):
+    """PixelNorm in plain torch: x * rsqrt(mean over channels of x^2 + eps)."""
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.square().mean(1, keepdim=True) + self.eps)
+
+
+class PlainFusedLeakyReLU(nn.Module):
+    """FusedLeakyReLU in plain torch: leaky_relu(x + bias, slope) * scale, bias along dim 1."""
+
+    def __init__(self, channels: int, negative_slope: float = 0.2, scale: float = SQRT2):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.negative_slope, self.scale = negative_slope, scale
+
+    def forward(self, x):
+        b = self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+        return F.leaky_relu(x + b, self.negative_slope) * self.scale
+
+
+def _plain_twin(m: nn.Module) -> nn.Module | None:
+    """The plain-torch layer computing what fastgan layer `m` computes (same parameters), or
+    None for other modules."""
+    act = None if m.__dict__.get("activation") in (None, "linear") else m.activation
+    if isinstance(m, fnn.EqualConv2d):
+        twin = PlainEqualConv2d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0],
+                                m.padding[0], m.bias is not None, gain=m.gain, lr_mul=m.lr_mul,
+                                activation=act, alpha=m.alpha, act_gain=m.act_gain,
+                                resample=m.resample)
+    elif isinstance(m, fnn.EqualLinear):
+        twin = PlainEqualLinear(m.in_features, m.out_features, m.bias is not None, gain=m.gain,
+                                lr_mul=m.lr_mul, activation=act, alpha=m.alpha,
+                                act_gain=m.act_gain)
+    elif isinstance(m, fnn.PixelNorm):
+        return PlainPixelNorm(m.eps)
+    elif isinstance(m, fnn.FusedLeakyReLU):
+        twin = PlainFusedLeakyReLU(m.channels, m.negative_slope, m.scale)
+    else:
+        return None
+    twin.load_state_dict(m.state_dict())
+    return twin
+
+
+class PlainGenerator(Generator):
+    """`Generator` in plain torch (F.conv2d after F.interpolate, F.leaky_relu, a written-out pixel
+    norm): the same module tree, state_dict keys and initial weights for the same seed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                twin = _plain_twin(child)
+                if twin is not None:
+                    setattr(parent, name, twin)
