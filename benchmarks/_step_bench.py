@@ -18,7 +18,7 @@ from fastgan.bench.cases import SHORT, parse_dtypes
 from fastgan.bench.providers import provider_status
 from fastgan.bench.timing import cuda_sync_timer, measure
 
-from .conftest import record
+from .conftest import record, shape_set
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GP_WEIGHT, DRIFT = 10.0, 1e-3
@@ -26,6 +26,20 @@ D_STEP_BYTE_MODEL = "compute-bound (convolutions and their double backward): no 
 GPU_ONLY = ("no CUDA GPU present (torch.cuda.is_available() is False): torch.compile and "
             "fastgan's kernels are timed on a GPU only")
 CPU_TIMER = "perf_counter (pytest-benchmark median)"
+
+
+def short_run(config) -> bool:
+    """Args: pytest config. Returns: whether --fastgan-quick or --fastgan-largest asks for the
+    short set (on a GPU: 256 px only)."""
+    return shape_set(config) != "all"
+
+
+def step_resolutions(config) -> tuple[int, ...]:
+    """Args: pytest config. Returns: the resolutions to run: GPU 128 and 256 (256 alone in a
+    short run), CPU 8."""
+    if DEVICE == "cpu":
+        return (8,)
+    return (256,) if short_run(config) else (128, 256)
 
 
 def step_dtypes(config) -> list[torch.dtype]:

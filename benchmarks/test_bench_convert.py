@@ -38,8 +38,9 @@ import fastgan.penalties as P
 from fastgan import bench as B
 
 from ._step_bench import (DEVICE, GP_WEIGHT, batch, d_loss, flat_grads, plain_penalty,
-                          run_d_step, selected_providers, step_dtypes, step_record)
-from .conftest import shape_set, summarize_at_end
+                          run_d_step, selected_providers, step_dtypes, step_record,
+                          step_resolutions)
+from .conftest import summarize_at_end
 
 pytest.importorskip("pro_gan_pytorch", reason="times pro_gan_pytorch's Discriminator: pip "
                     "install --no-deps pro-gan-pth==3.4")
@@ -47,7 +48,6 @@ from pro_gan_pytorch import networks as PN  # noqa: E402
 
 OP = "progan_pth_d_step_gp"
 PROVIDERS = ("eager", "compile", "compile_workaround", "triton", "triton_cl", "cuda", "cuda_cl")
-GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GOALS = {"fp32": 2.5, "bf16": 3.0}  # converted speed-up over eager
 
 _RESULTS: list[dict] = []
@@ -57,10 +57,8 @@ _FP64: dict = {}
 def pytest_generate_tests(metafunc):
     if "convert_case" not in metafunc.fixturenames:
         return
-    short = shape_set(metafunc.config) != "all"  # quick or largest: 256 px
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if short else GPU_RES)
     providers = selected_providers(metafunc.config, PROVIDERS)
-    params = [((r, dt), p) for r in res for dt in step_dtypes(metafunc.config) for p in providers]
+    params = [((r, dt), p) for r in step_resolutions(metafunc.config) for dt in step_dtypes(metafunc.config) for p in providers]
     metafunc.parametrize(("convert_case", "provider"), params,
                          ids=[f"{r}-{B.SHORT[dt]}-{p}" for (r, dt), p in params])
 

@@ -48,8 +48,9 @@ from fastgan.bench.cases import SHORT
 from fastgan.models import Discriminator, PlainDiscriminator
 
 from ._step_bench import (DEVICE, GP_WEIGHT, batch, d_loss, flat_grads, plain_penalty,
-                          run_d_step, selected_providers, step_dtypes, step_record)
-from .conftest import shape_set, summarize_at_end
+                          run_d_step, selected_providers, short_run, step_dtypes, step_record,
+                          step_resolutions)
+from .conftest import summarize_at_end
 
 OP = "d_step_gp"
 # In the order they run (per resolution and layer order, each for every dtype): eager first (the
@@ -57,7 +58,6 @@ OP = "d_step_gp"
 # so that a run cut short has the comparison that matters; the compiled variants last.
 PROVIDERS = ("eager", "triton", "cuda", "compile_workaround", "triton_cl", "cuda_cl",
              "triton_compile", "compile")
-GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GPU_WIDTHS, CPU_WIDTHS = dict(fmap_base=8192, fmap_max=512), dict(fmap_base=64, fmap_max=16)
 
 _RESULTS: list[dict] = []
@@ -67,11 +67,10 @@ _FP64: dict = {}  # (res, order) -> (loss, grads) of the fp64 eager step
 def pytest_generate_tests(metafunc):
     if "penalty_case" not in metafunc.fixturenames:
         return
-    short = shape_set(metafunc.config) != "all"  # quick or largest: 256 px, official order
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if short else GPU_RES)
-    orders = ("official",) if short or DEVICE == "cpu" else ("official", "port")
+    short = short_run(metafunc.config) or DEVICE == "cpu"
+    orders = ("official",) if short else ("official", "port")
     params, ids = [], []
-    for r in res:
+    for r in step_resolutions(metafunc.config):
         for order in orders:
             for p in selected_providers(metafunc.config, PROVIDERS):
                 if order == "port" and p == "compile":

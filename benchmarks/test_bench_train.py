@@ -38,13 +38,13 @@ from fastgan import bench as B
 from fastgan.models import Discriminator, Generator, PlainDiscriminator, PlainGenerator
 
 from ._step_bench import (DEVICE, DRIFT, GP_WEIGHT, batch, plain_penalty, selected_providers,
-                          skip_reason, skip_recorded, step_dtypes, step_record, tf32, time_step)
-from .conftest import record, shape_set, summarize_at_end
+                          skip_reason, skip_recorded, step_dtypes, step_record, step_resolutions,
+                          tf32, time_step)
+from .conftest import record, summarize_at_end
 
 OP = "train_iteration"
 PROVIDERS = ("eager", "compile", "ref", "triton", "triton_cl", "triton_compile", "cuda",
              "cuda_cl")
-GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GPU_WIDTHS, CPU_WIDTHS = dict(fmap_base=8192, fmap_max=512), dict(fmap_base=64, fmap_max=16)
 LR, STEPS = 1e-3, 3
 LOSS_TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
@@ -56,12 +56,10 @@ _EAGER_LOSSES: dict = {}
 def pytest_generate_tests(metafunc):
     if "train_case" not in metafunc.fixturenames:
         return
-    short = shape_set(metafunc.config) != "all"  # quick or largest: 256 px
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if short else GPU_RES)
     picked = selected_providers(metafunc.config, PROVIDERS)
     providers = [p for p in PROVIDERS if p in picked or (p == "ref" and DEVICE == "cpu")]
     params, ids = [], []
-    for r in res:
+    for r in step_resolutions(metafunc.config):
         for dt in step_dtypes(metafunc.config):
             for p in providers:
                 params.append(((r, dt), p))

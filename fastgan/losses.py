@@ -202,7 +202,17 @@ def hinge_g_loss(fake_scores) -> torch.Tensor:
     return -_f(fake_scores, "fake_scores").mean()
 
 
-# --- relativistic average (Jolicoeur-Martineau 2018)
+# --- relativistic average (Jolicoeur-Martineau 2018): G's loss is D's with real and fake swapped
+
+def _rasgan(a, b) -> torch.Tensor:
+    """mean -log sigmoid(a - mean b) + mean -log(1 - sigmoid(b - mean a))."""
+    return F.softplus(-(a - b.mean())).mean() + F.softplus(b - a.mean()).mean()
+
+
+def _ralsgan(a, b) -> torch.Tensor:
+    """mean (a - mean b - 1)^2 + mean (b - mean a + 1)^2."""
+    return (a - b.mean() - 1.0).square().mean() + (b - a.mean() + 1.0).square().mean()
+
 
 def ragan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     """RaSGAN: mean -log sigmoid(C(x) - mean C(x~)) + mean -log(1 - sigmoid(C(x~) - mean C(x))).
@@ -214,8 +224,7 @@ def ragan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     Returns:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
-    r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return F.softplus(-(r - f.mean())).mean() + F.softplus(f - r.mean()).mean()
+    return _rasgan(_f(real_scores, "real_scores"), _f(fake_scores, "fake_scores"))
 
 
 def ragan_g_loss(real_scores, fake_scores) -> torch.Tensor:
@@ -230,7 +239,7 @@ def ragan_g_loss(real_scores, fake_scores) -> torch.Tensor:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return F.softplus(-(f - r.mean())).mean() + F.softplus(r - f.mean()).mean()
+    return _rasgan(f, r)
 
 
 def ralsgan_d_loss(real_scores, fake_scores) -> torch.Tensor:
@@ -243,8 +252,7 @@ def ralsgan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     Returns:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
-    r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return (r - f.mean() - 1.0).square().mean() + (f - r.mean() + 1.0).square().mean()
+    return _ralsgan(_f(real_scores, "real_scores"), _f(fake_scores, "fake_scores"))
 
 
 def ralsgan_g_loss(real_scores, fake_scores) -> torch.Tensor:
@@ -259,7 +267,7 @@ def ralsgan_g_loss(real_scores, fake_scores) -> torch.Tensor:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return (f - r.mean() - 1.0).square().mean() + (r - f.mean() + 1.0).square().mean()
+    return _ralsgan(f, r)
 
 
 # --- BEGAN (Berthelot et al. 2017): D is an autoencoder; the "scores" are its per-sample
