@@ -58,7 +58,8 @@ def pytest_generate_tests(metafunc):
     if "convert_case" not in metafunc.fixturenames:
         return
     providers = selected_providers(metafunc.config, PROVIDERS)
-    params = [((r, dt), p) for r in step_resolutions(metafunc.config) for dt in step_dtypes(metafunc.config) for p in providers]
+    params = [((r, dt), p) for r in step_resolutions(metafunc.config)
+              for dt in step_dtypes(metafunc.config) for p in providers]
     metafunc.parametrize(("convert_case", "provider"), params,
                          ids=[f"{r}-{B.SHORT[dt]}-{p}" for (r, dt), p in params])
 

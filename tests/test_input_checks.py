@@ -1,6 +1,7 @@
-"""A user's mistakes in the layers, penalties, losses and ops raise a clear error naming the argument,
-before any work, instead of returning a number (a negative "penalty", a NaN) or failing deep in
-torch. What the penalties do not detect is pinned down too, as the docs describe it."""
+"""A user's mistakes in the layers, penalties, losses and ops raise a clear error naming the
+argument, before any work, instead of returning a number (a negative "penalty", a NaN) or
+failing deep in torch. What the penalties do not detect is pinned down too, as the docs describe
+it."""
 
 import math
 
