@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 
 import pytest
 import torch
@@ -38,9 +37,10 @@ import fastgan
 import fastgan.penalties as P
 from fastgan import bench as B
 
-from .conftest import record, summarize_at_end
-from .test_bench_penalty import (_dtypes, _eager_penalty, _flat_grads, _loss, _quick, _rel,
-                                 _skip_reason, DEVICE, GP_WEIGHT)
+from ._step_bench import (DEVICE, GP_WEIGHT, batch, d_loss, flat_grads, plain_penalty,
+                          run_d_step, selected_providers, step_dtypes, step_record,
+                          step_resolutions)
+from .conftest import summarize_at_end
 
 pytest.importorskip("pro_gan_pytorch", reason="times pro_gan_pytorch's Discriminator: pip "
                     "install --no-deps pro-gan-pth==3.4")
@@ -48,7 +48,6 @@ from pro_gan_pytorch import networks as PN  # noqa: E402
 
 OP = "progan_pth_d_step_gp"
 PROVIDERS = ("eager", "compile", "compile_workaround", "triton", "triton_cl", "cuda", "cuda_cl")
-GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GOALS = {"fp32": 2.5, "bf16": 3.0}  # converted speed-up over eager
 
 _RESULTS: list[dict] = []
@@ -58,10 +57,9 @@ _FP64: dict = {}
 def pytest_generate_tests(metafunc):
     if "convert_case" not in metafunc.fixturenames:
         return
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if _quick(metafunc.config) else GPU_RES)
-    names = {s.strip() for s in metafunc.config.getoption("--fastgan-providers").split(",")}
-    providers = [p for p in PROVIDERS if p in names or p.split("_")[0] in names] or ["eager"]
-    params = [((r, dt), p) for r in res for dt in _dtypes(metafunc.config) for p in providers]
+    providers = selected_providers(metafunc.config, PROVIDERS)
+    params = [((r, dt), p) for r in step_resolutions(metafunc.config)
+              for dt in step_dtypes(metafunc.config) for p in providers]
     metafunc.parametrize(("convert_case", "provider"), params,
                          ids=[f"{r}-{B.SHORT[dt]}-{p}" for (r, dt), p in params])
 
@@ -96,31 +94,27 @@ def _inputs(res, n, dtype=torch.float32):
     return real.to(DEVICE, dtype), fake.to(DEVICE, dtype), eps.to(DEVICE, dtype)
 
 
-def _batch():
-    return 16 if DEVICE == "cuda" else 4
-
-
 def _fp64_reference(res):
     if res not in _FP64:
         _FP64.clear()
         d = _discriminator(res, torch.float64)
         depth = int(math.log2(res))
-        real, fake, eps = _inputs(res, _batch(), torch.float64)
+        real, fake, eps = _inputs(res, batch(), torch.float64)
 
         def run(x):
             return d(x, depth, 1.0)
-        loss = _loss(run(real), run(fake), _eager_penalty(run, real, fake, eps))
+        loss = d_loss(run(real), run(fake), plain_penalty(run, real, fake, eps))
         loss.backward()
-        _FP64[res] = (loss.detach(), _flat_grads(d.parameters()))
+        _FP64[res] = (loss.detach(), flat_grads(d.parameters()))
         del d
     return _FP64[res]
 
 
 def _make(provider, res, dtype):
-    """(step, params, probe_dropped): step() runs one D step and returns the loss."""
+    """(step, params, probe_dropped, info), as `run_d_step` wants them."""
     d = _discriminator(res)
     depth = int(math.log2(res))
-    real, fake, eps = _inputs(res, _batch())
+    real, fake, eps = _inputs(res, batch())
     amp = dtype == torch.bfloat16
     scope = contextlib.nullcontext
     converted = provider.startswith(("triton", "cuda"))
@@ -145,13 +139,13 @@ def _make(provider, res, dtype):
             return P.gradient_penalty(eager, real, fake, weight=GP_WEIGHT, epsilon=eps)
     else:
         def penalty():
-            return _eager_penalty(plain if provider == "compile" else eager, real, fake, eps)
+            return plain_penalty(plain if provider == "compile" else eager, real, fake, eps)
 
     def step():
         for p in params:
             p.grad = None
         with scope(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
-            loss = _loss(plain(real), plain(fake), penalty())
+            loss = d_loss(plain(real), plain(fake), penalty())
             loss.backward()
         return loss.detach()
 
@@ -161,84 +155,16 @@ def _make(provider, res, dtype):
             (g,) = torch.autograd.grad(plain(x).sum(), x, create_graph=True)
         return g.grad_fn is None
 
-    return step, params, probe_dropped
+    return step, params, probe_dropped, {}
 
 
 def test_converted_d_step(benchmark, convert_case, provider, request):
     res, dtype = convert_case
-    rec = {"op": OP, "shape": [_batch(), 3, res, res], "dtype": B.SHORT[dtype],
-           "pass": "D step, port order", "provider": provider, "device": DEVICE,
-           "status": "ok", "min_bytes": 0, "test": request.node.nodeid,
-           "byte_model": "compute-bound (convolutions and their double backward): no byte floor",
-           "tf32": bool(torch.backends.cudnn.allow_tf32) if DEVICE == "cuda" else None}
+    rec = step_record(request, OP, batch(), res, dtype, "D step, port order", provider)
     benchmark.group = f"pro-gan-pth D step + GP {res}px {B.SHORT[dtype]}"
-
-    def skip(reason):
-        rec.update(status="skipped", reason=reason)
-        record(rec, request.config, _RESULTS)
-        pytest.skip(reason)
-
-    why = _skip_reason(provider)
-    if why:
-        skip(why)
-    if "compile" in provider:
-        torch._dynamo.reset()
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
-    ref_loss, ref_grads = _fp64_reference(res)
-    step, params, probe_dropped = _make(provider, res, dtype)
-    t0 = time.perf_counter()
-    try:
-        loss = step()
-    except Exception as err:
-        msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-        if provider == "compile":
-            skip(f"torch.compile(D) with the gradient penalty raises: {msg}")
-        rec.update(status="error", reason=msg)
-        record(rec, request.config, _RESULTS)
-        raise
-    rec["first_call_s"] = time.perf_counter() - t0
-    rec["loss_rel_err"] = _rel(loss, ref_loss)
-    rec["grad_rel_err"] = _rel(_flat_grads(params), ref_grads)
-    if provider == "compile" and probe_dropped():
-        rec.update(status="mismatch", penalty_dropped=True,
-                   reason="runs, but the input gradient has no graph: the penalty's gradient is "
-                          "silently dropped")
-    eager_err = next((r["grad_rel_err"] for r in _RESULTS if r["provider"] == "eager"
-                      and r["shape"] == rec["shape"] and r["dtype"] == rec["dtype"]
-                      and "grad_rel_err" in r), None)
-    failure = None
-    if provider.startswith(("triton", "cuda")):
-        if not math.isfinite(rec["grad_rel_err"]):
-            failure = f"non-finite gradients ({rec['grad_rel_err']})"
-        elif eager_err is not None and rec["grad_rel_err"] > max(10 * eager_err, 1e-2):
-            failure = (f"gradient error {rec['grad_rel_err']:.2e} vs fp64 is over 10x eager's "
-                       f"({eager_err:.2e})")
-        if failure:
-            rec.update(status="mismatch", reason=failure)
-    if DEVICE == "cuda":
-        rec.update(B.measure(step, DEVICE, warmup_ms=200.0, rep_ms=1000.0).as_dict())
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        rec["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        benchmark._timer = B.cuda_sync_timer
-        rounds = max(3, min(20, int(1.0 / max(rec["ms"] * 1e-3, 1e-4))))
-        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
-    else:
-        benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-        st = benchmark.stats.stats if benchmark.stats is not None else None
-        if st is not None:
-            rec.update(ms=st.median * 1e3, ms_min=st.min * 1e3, reps=5,
-                       timer="perf_counter (pytest-benchmark median)")
-    benchmark.extra_info.update({k: rec[k] for k in (
-        "op", "shape", "dtype", "pass", "provider", "device", "status", "tf32", "loss_rel_err",
-        "grad_rel_err", "first_call_s", "ms", "peak_mib", "reason", "penalty_dropped")
-        if k in rec})
-    record(rec, request.config, _RESULTS)
-    if failure:
-        pytest.fail(failure)
+    run_d_step(benchmark, request, rec, _RESULTS, make=lambda: _make(provider, res, dtype),
+               reference=lambda: _fp64_reference(res),
+               checked=provider.startswith(("triton", "cuda")))
 
 
 def _write_summary(tr):

@@ -59,6 +59,7 @@ from fastgan.bench.timing import cuda_sync_timer, measure
 from fastgan.nn import EqualConv2d
 from fastgan.ops.bias_act import bias_act_ref
 
+from ._step_bench import tf32, time_on_cpu
 from .conftest import record, shape_set, summarize_at_end
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -237,21 +238,11 @@ def _bias_act_step(c, r, dtype, pass_, provider):
 _REFERENCE: dict = {}  # case key -> eager's outputs (one case held at a time)
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def _reference(key, make):
     """Eager's outputs for this case (computed once per case, TF32 off)."""
     if _REFERENCE.get("key") != key:
         _REFERENCE.clear()
-        with _no_tf32():
+        with tf32(False):
             run, _ = make("eager")
             _REFERENCE.update(key=key, outs=[t.detach().float() for t in run()])
     return _REFERENCE["outs"]
@@ -302,7 +293,7 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
         rec.update(shape=info["shape"], min_bytes=info["min_bytes"])
         if provider != "eager":
             ref = _reference(key, make)
-            with _no_tf32():
+            with tf32(False):
                 got = run()
             rec["max_abs_err"], bad = _compare(got, ref, info["names"], dtype)
             del got
@@ -327,11 +318,7 @@ def _run(benchmark, request, op, key, shape, make, dtype, pass_, provider):
         iterations = max(1, min(50, int(1.0 / max(rec["ms"], 1e-3))))
         benchmark.pedantic(run, rounds=10, iterations=iterations, warmup_rounds=1)
     else:
-        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-        st = benchmark.stats.stats if benchmark.stats is not None else None
-        if st is not None:
-            rec.update(ms=st.median * 1e3, ms_min=st.min * 1e3, reps=5,
-                       timer="perf_counter (pytest-benchmark median)")
+        time_on_cpu(benchmark, run, rec, rounds=5)
     if "ms" in rec and rec["min_bytes"]:  # no byte model (the gp pass): no GB/s
         rec["gbps"] = rec["min_bytes"] / (rec["ms"] * 1e-3) / 1e9
     if "ms" in rec and info["nominal_flops"]:

@@ -39,67 +39,43 @@ compile_workaround and triton_compile), --fastgan-records=PATH.
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 
-import pytest
 import torch
 
 import fastgan
 import fastgan.penalties as P
-from fastgan.bench.cases import SHORT, parse_dtypes
-from fastgan.bench.providers import provider_status
-from fastgan.bench.timing import cuda_sync_timer, measure
+from fastgan.bench.cases import SHORT
 from fastgan.models import Discriminator, PlainDiscriminator
 
-from .conftest import record, shape_set, summarize_at_end
+from ._step_bench import (DEVICE, GP_WEIGHT, batch, d_loss, flat_grads, plain_penalty,
+                          run_d_step, selected_providers, short_run, step_dtypes, step_record,
+                          step_resolutions)
+from .conftest import summarize_at_end
 
 OP = "d_step_gp"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # In the order they run (per resolution and layer order, each for every dtype): eager first (the
 # others' gradient error is judged against it), then fastgan and the best workaround without it,
 # so that a run cut short has the comparison that matters; the compiled variants last.
 PROVIDERS = ("eager", "triton", "cuda", "compile_workaround", "triton_cl", "cuda_cl",
              "triton_compile", "compile")
-GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GPU_WIDTHS, CPU_WIDTHS = dict(fmap_base=8192, fmap_max=512), dict(fmap_base=64, fmap_max=16)
-GP_WEIGHT, DRIFT = 10.0, 1e-3
 
 _RESULTS: list[dict] = []
 _FP64: dict = {}  # (res, order) -> (loss, grads) of the fp64 eager step
 
 
-def _selected_providers(config) -> list[str]:
-    names = {s.strip() for s in config.getoption("--fastgan-providers").split(",") if s.strip()}
-    out = []
-    for p in PROVIDERS:
-        base = p.split("_")[0]
-        if p in names or base in names or (p.endswith("compile") or p == "compile_workaround") \
-                and "compile" in names:
-            out.append(p)
-    return out or ["eager"]
-
-
-def _dtypes(config) -> list[torch.dtype]:
-    if DEVICE == "cpu":
-        return [torch.float32]
-    text = config.getoption("--fastgan-dtypes")
-    return [torch.float32, torch.bfloat16] if text == "auto" else parse_dtypes(text, DEVICE)
-
-
 def pytest_generate_tests(metafunc):
     if "penalty_case" not in metafunc.fixturenames:
         return
-    short = shape_set(metafunc.config) != "all"  # quick or largest: 256 px, official order
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if short else GPU_RES)
-    orders = ("official",) if short or DEVICE == "cpu" else ("official", "port")
+    short = short_run(metafunc.config) or DEVICE == "cpu"
+    orders = ("official",) if short else ("official", "port")
     params, ids = [], []
-    for r in res:
+    for r in step_resolutions(metafunc.config):
         for order in orders:
-            for p in _selected_providers(metafunc.config):
+            for p in selected_providers(metafunc.config, PROVIDERS):
                 if order == "port" and p == "compile":
                     continue  # the naive compile's outcome does not depend on the order
-                for dt in _dtypes(metafunc.config):
+                for dt in step_dtypes(metafunc.config):
                     params.append(((r, dt, order), p))
                     ids.append(f"{r}-{SHORT[dt]}-{order}-{p}")
     metafunc.parametrize(("penalty_case", "provider"), params, ids=ids)
@@ -107,10 +83,6 @@ def pytest_generate_tests(metafunc):
 
 # ---------------------------------------------------------------------------------------------
 # Steps
-
-def _batch(res):
-    return 16 if DEVICE == "cuda" else 4
-
 
 def _inputs(res, n):
     g = torch.Generator().manual_seed(1)
@@ -128,23 +100,11 @@ def _state(res, order):
         return PlainDiscriminator(res, down_order=order, **widths).state_dict()
 
 
-def _eager_penalty(d, real, fake, eps):
-    e = eps.view(-1, 1, 1, 1).to(real.dtype)
-    x = (e * real + (1 - e) * fake).detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
-    return GP_WEIGHT * (g.flatten(1).norm(dim=1) - 1.0).square().mean()
-
-
-def _loss(rs, fs, gp):
-    rs, fs = rs.float(), fs.float()
-    return fs.mean() - rs.mean() + gp + DRIFT * rs.square().mean()
-
-
 def _make(provider, res, order, dtype):
-    """(step, params, info): step() runs one D step (zeroing grads first) and returns the loss."""
+    """(step, params, probe_dropped, info), as `run_d_step` wants them."""
     widths = GPU_WIDTHS if DEVICE == "cuda" else CPU_WIDTHS
     state = _state(res, order)
-    real, fake, eps = _inputs(res, _batch(res))
+    real, fake, eps = _inputs(res, batch())
     amp = dtype == torch.bfloat16
     info = {"memory_format": "nchw", "backend": None}
     fast = provider.startswith(("triton", "cuda"))
@@ -171,24 +131,24 @@ def _make(provider, res, order, dtype):
         plain_pass = d
 
         def penalty():
-            return _eager_penalty(d, real, fake, eps)
+            return plain_penalty(d, real, fake, eps)
     elif provider == "compile":
         plain_pass = torch.compile(d)
 
         def penalty():
-            return _eager_penalty(plain_pass, real, fake, eps)
+            return plain_penalty(plain_pass, real, fake, eps)
     else:  # compile_workaround
         plain_pass = torch.compile(d)
 
         def penalty():
-            return _eager_penalty(d, real, fake, eps)
+            return plain_penalty(d, real, fake, eps)
 
     def step():
         for p in params:
             p.grad = None
         with scope(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
             rs, fs = plain_pass(real), plain_pass(fake)
-            loss = _loss(rs, fs, penalty())
+            loss = d_loss(rs, fs, penalty())
             loss.backward()
         return loss.detach()
 
@@ -199,7 +159,7 @@ def _make(provider, res, order, dtype):
             (g,) = torch.autograd.grad(plain_pass(x).sum(), x, create_graph=True)
         return g.grad_fn is None
 
-    return step, params, info, probe_dropped
+    return step, params, probe_dropped, info
 
 
 def _fp64_reference(res, order):
@@ -210,130 +170,26 @@ def _fp64_reference(res, order):
         d = PlainDiscriminator(res, down_order=order, **widths)
         d.load_state_dict(_state(res, order))
         d = d.to(DEVICE, torch.float64)
-        real, fake, eps = (t.double() for t in _inputs(res, _batch(res)))
-        loss = _loss(d(real), d(fake), _eager_penalty(d, real, fake, eps))
+        real, fake, eps = (t.double() for t in _inputs(res, batch()))
+        loss = d_loss(d(real), d(fake), plain_penalty(d, real, fake, eps))
         loss.backward()
-        _FP64[key] = (loss.detach(), _flat_grads(d.parameters()))
+        _FP64[key] = (loss.detach(), flat_grads(d.parameters()))
         del d
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
     return _FP64[key]
 
 
-def _flat_grads(params):
-    return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).detach().double()
-                      .flatten() for p in params])
-
-
-def _rel(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
-
-
-def _skip_reason(provider) -> str | None:
-    if DEVICE != "cuda":
-        if provider == "eager":
-            return None
-        return ("no CUDA GPU present (torch.cuda.is_available() is False): torch.compile and "
-                "fastgan's kernels are timed on a GPU only")
-    if provider.startswith("cuda"):
-        ok, why = provider_status("cuda", DEVICE)
-        if not ok:
-            return why
-        from fastgan import _backend
-
-        if not _backend.has_cuda_kernels("grad_penalty"):
-            return "the CUDA extension has no grad_penalty kernels yet"
-    if provider.startswith("triton"):
-        ok, why = provider_status("triton", DEVICE)
-        if not ok:
-            return why
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 
 def test_d_step_gradient_penalty(benchmark, penalty_case, provider, request):
     res, dtype, order = penalty_case
-    n = _batch(res)
-    rec = {"op": OP, "shape": [n, 3, res, res], "dtype": SHORT[dtype],
-           "pass": f"D step, {order} order", "provider": provider, "device": DEVICE,
-           "status": "ok", "min_bytes": 0,
-           "byte_model": "compute-bound (convolutions and their double backward): no byte floor",
-           "test": request.node.nodeid,
-           "tf32": bool(torch.backends.cudnn.allow_tf32) if DEVICE == "cuda" else None}
+    rec = step_record(request, OP, batch(), res, dtype, f"D step, {order} order", provider)
     benchmark.group = f"D step + GP {res}px {SHORT[dtype]} {order}"
-
-    def skip(reason):
-        rec.update(status="skipped", reason=reason)
-        record(rec, request.config, _RESULTS)
-        pytest.skip(reason)
-
-    why = _skip_reason(provider)
-    if why:
-        skip(why)
-    if provider in ("compile", "compile_workaround", "triton_compile"):
-        torch._dynamo.reset()
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
-    ref_loss, ref_grads = _fp64_reference(res, order)
-    step, params, info, probe_dropped = _make(provider, res, order, dtype)
-    rec.update(info)
-    t0 = time.perf_counter()
-    try:
-        loss = step()  # compiles where there is something to compile
-    except Exception as err:
-        msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-        if provider == "compile":  # the baseline's outcome, not fastgan's failure
-            skip(f"torch.compile(D) with the gradient penalty raises: {msg}")
-        rec.update(status="error", reason=msg)
-        record(rec, request.config, _RESULTS)
-        raise
-    rec["first_call_s"] = time.perf_counter() - t0
-    rec["loss_rel_err"] = _rel(loss, ref_loss)
-    rec["grad_rel_err"] = _rel(_flat_grads(params), ref_grads)
-    if provider == "compile" and probe_dropped():
-        rec.update(status="mismatch", penalty_dropped=True,
-                   reason="runs, but the input gradient has no graph: the penalty's gradient is "
-                          "silently dropped")
-    eager_err = next((r["grad_rel_err"] for r in _RESULTS if r["provider"] == "eager"
-                      and r["shape"] == rec["shape"] and r["dtype"] == rec["dtype"]
-                      and r["pass"] == rec["pass"] and "grad_rel_err" in r), None)
-    failure = None
-    if provider not in ("eager", "compile"):
-        if not math.isfinite(rec["grad_rel_err"]):
-            failure = f"non-finite gradients ({rec['grad_rel_err']})"
-        elif eager_err is not None and rec["grad_rel_err"] > max(10 * eager_err, 1e-2):
-            failure = (f"gradient error {rec['grad_rel_err']:.2e} vs fp64 is over 10x eager's "
-                       f"({eager_err:.2e})")
-        if failure:
-            rec.update(status="mismatch", reason=failure)
-
-    if DEVICE == "cuda":
-        timing = measure(step, DEVICE, warmup_ms=200.0, rep_ms=1000.0)
-        rec.update(timing.as_dict())
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        rec["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        benchmark._timer = cuda_sync_timer
-        rounds = max(3, min(20, int(1.0 / max(rec["ms"] * 1e-3, 1e-4))))
-        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
-    else:
-        benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-        st = benchmark.stats.stats if benchmark.stats is not None else None
-        if st is not None:
-            rec.update(ms=st.median * 1e3, ms_min=st.min * 1e3, reps=5,
-                       timer="perf_counter (pytest-benchmark median)")
-    benchmark.extra_info.update({k: rec[k] for k in (
-        "op", "shape", "dtype", "pass", "provider", "device", "status", "memory_format",
-        "backend", "tf32", "loss_rel_err", "grad_rel_err", "first_call_s") if k in rec})
-    for k in ("ms", "peak_mib", "reason", "penalty_dropped"):
-        if k in rec:
-            benchmark.extra_info[k] = rec[k]
-    record(rec, request.config, _RESULTS)
-    if failure:
-        pytest.fail(failure)
+    run_d_step(benchmark, request, rec, _RESULTS,
+               make=lambda: _make(provider, res, order, dtype),
+               reference=lambda: _fp64_reference(res, order),
+               checked=provider not in ("eager", "compile"))
 
 
 def _write_summary(tr):

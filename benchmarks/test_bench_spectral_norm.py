@@ -42,6 +42,7 @@ import fastgan
 from fastgan import bench as B
 from fastgan.nn.utils import fuse_spectral_norm, spectral_norm
 
+from ._step_bench import skip_recorded
 from .conftest import record, summarize_at_end
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -180,9 +181,7 @@ def test_spectral_norm_step(benchmark, model, provider, request):
     benchmark.group = f"spectral_norm {model} D step"
 
     def skip(reason):
-        rec.update(status="skipped", reason=reason)
-        record(rec, request.config, _RESULTS)
-        pytest.skip(reason)
+        skip_recorded(rec, reason, request.config, _RESULTS)
 
     if DEVICE == "cpu" and provider not in ("none", "torch", "ref"):
         skip("no CUDA GPU present: only the plain-torch rows (none, torch, ref) run on a CPU")

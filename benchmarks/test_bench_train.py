@@ -20,15 +20,14 @@ records its losses; a fastgan provider fails when they leave eager's by more tha
 tolerance. Each record: ms per iteration (GPU: median CUDA-event time, L2 flushed; CPU:
 pytest-benchmark's perf_counter), images per second, peak MiB, the loss traces. Goal (issue 15,
 H100/H200): >= 3x eager at 256x256 fp32 (BASELINES.md: eager 289.7 ms per iteration).
-Options: --fastgan-quick (GPU: 256 only), --fastgan-dtypes, --fastgan-providers,
---fastgan-records (benchmarks/conftest.py).
+Options: --fastgan-quick or --fastgan-largest (GPU: 256 only), --fastgan-dtypes,
+--fastgan-providers, --fastgan-records (benchmarks/conftest.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import pytest
 import torch
@@ -38,59 +37,37 @@ import fastgan.penalties as P
 from fastgan import bench as B
 from fastgan.models import Discriminator, Generator, PlainDiscriminator, PlainGenerator
 
+from ._step_bench import (DEVICE, DRIFT, GP_WEIGHT, batch, plain_penalty, selected_providers,
+                          skip_reason, skip_recorded, step_dtypes, step_record, step_resolutions,
+                          tf32, time_step)
 from .conftest import record, summarize_at_end
 
 OP = "train_iteration"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PROVIDERS = ("eager", "compile", "ref", "triton", "triton_cl", "triton_compile", "cuda",
              "cuda_cl")
-GPU_RES, GPU_RES_QUICK, CPU_RES = (128, 256), (256,), (8,)
 GPU_WIDTHS, CPU_WIDTHS = dict(fmap_base=8192, fmap_max=512), dict(fmap_base=64, fmap_max=16)
-GP_WEIGHT, DRIFT, LR, STEPS = 10.0, 1e-3, 1e-3, 3
+LR, STEPS = 1e-3, 3
 LOSS_TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
 
 _RESULTS: list[dict] = []
 _EAGER_LOSSES: dict = {}
 
 
-def _quick(config) -> bool:
-    env = os.environ.get("FASTGAN_BENCH_QUICK", "0")
-    return config.getoption("--fastgan-quick") or env not in ("", "0")
-
-
-def _selected(config) -> list[str]:
-    names = {s.strip() for s in config.getoption("--fastgan-providers").split(",") if s.strip()}
-    picked = [p for p in PROVIDERS if p in names or p.split("_")[0] in names
-              or (p == "triton_compile" and "compile" in names)
-              or (p == "ref" and DEVICE == "cpu")]
-    return picked or ["eager"]
-
-
-def _dtypes(config) -> list[torch.dtype]:
-    if DEVICE == "cpu":
-        return [torch.float32]
-    text = config.getoption("--fastgan-dtypes")
-    return [torch.float32, torch.bfloat16] if text == "auto" else B._parse_dtypes(text, DEVICE)
-
-
 def pytest_generate_tests(metafunc):
     if "train_case" not in metafunc.fixturenames:
         return
-    res = CPU_RES if DEVICE == "cpu" else (GPU_RES_QUICK if _quick(metafunc.config) else GPU_RES)
+    picked = selected_providers(metafunc.config, PROVIDERS)
+    providers = [p for p in PROVIDERS if p in picked or (p == "ref" and DEVICE == "cpu")]
     params, ids = [], []
-    for r in res:
-        for dt in _dtypes(metafunc.config):
-            for p in _selected(metafunc.config):
+    for r in step_resolutions(metafunc.config):
+        for dt in step_dtypes(metafunc.config):
+            for p in providers:
                 params.append(((r, dt), p))
                 ids.append(f"{r}-{B.SHORT[dt]}-{p}")
     metafunc.parametrize(("train_case", "provider"), params, ids=ids)
 
 
 # ---------------------------------------------------------------------------------------------
-
-def _batch() -> int:
-    return 16 if DEVICE == "cuda" else 4
-
 
 def _widths() -> dict:
     return GPU_WIDTHS if DEVICE == "cuda" else CPU_WIDTHS
@@ -107,20 +84,13 @@ def _weights(res):
 def _inputs(res, latent):
     """STEPS iterations of (real, z for D, z for G, eps), on the device."""
     g = torch.Generator().manual_seed(1)
-    n, out = _batch(), []
+    n, out = batch(), []
     for _ in range(STEPS):
         real = torch.rand(n, 3, res, res, generator=g) * 2 - 1
         out.append(tuple(t.to(DEVICE) for t in (
             real, torch.randn(n, latent, generator=g), torch.randn(n, latent, generator=g),
             torch.rand(n, generator=g))))
     return out
-
-
-def _plain_penalty(d, real, fake, eps):
-    e = eps.view(-1, 1, 1, 1).to(real.dtype)
-    x = (e * real + (1 - e) * fake).detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
-    return GP_WEIGHT * (g.flatten(1).norm(dim=1) - 1.0).square().mean()
 
 
 def _make(provider, res, dtype):
@@ -151,7 +121,7 @@ def _make(provider, res, dtype):
         scope = contextlib.nullcontext
 
         def penalty(real, fake, eps):
-            return _plain_penalty(D, real, fake, eps)  # eager D: compile has no double backward
+            return plain_penalty(D, real, fake, eps)  # eager D: compile has no double backward
     amp = functools.partial(torch.autocast, DEVICE, dtype=torch.bfloat16,
                             enabled=dtype == torch.bfloat16)
     d_params = list(D.parameters())
@@ -183,51 +153,28 @@ def _make(provider, res, dtype):
 
 
 def _skip_reason(provider) -> str | None:
-    if DEVICE != "cuda":
-        if provider in ("eager", "ref"):
-            return None
-        return ("no CUDA GPU present (torch.cuda.is_available() is False): torch.compile and "
-                "fastgan's kernels are timed on a GPU only")
-    if provider == "ref":
+    if DEVICE == "cuda" and provider == "ref":
         return "the ref backend runs on CPU runs of this benchmark only"
-    if provider.startswith(("triton", "cuda")):
-        ok, why = B.provider_status(provider.split("_")[0], DEVICE)
-        if not ok:
-            return why
-    return None
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    return skip_reason(provider, cpu_providers=("eager", "ref"), cuda_kernels=None)
 
 
 def _trace(provider, res, dtype):
     """The losses of the first STEPS iterations from the shared start, TF32 off."""
     iteration = _make(provider, res, dtype)
-    with _tf32(False):
+    with tf32(False):
         return torch.stack([torch.stack(iteration(i)) for i in range(STEPS)]).double().cpu()
 
 
 def test_train_iteration(benchmark, train_case, provider, request):
     res, dtype = train_case
-    n = _batch()
-    rec = {"op": OP, "shape": [n, 3, res, res], "dtype": B.SHORT[dtype], "pass": "D+G step",
-           "provider": provider, "device": DEVICE, "status": "ok", "min_bytes": 0,
-           "byte_model": "compute-bound: no byte floor", "test": request.node.nodeid,
-           "tf32": bool(torch.backends.cudnn.allow_tf32) if DEVICE == "cuda" else None}
+    n = batch()
+    rec = step_record(request, OP, n, res, dtype, "D+G step", provider,
+                      byte_model="compute-bound: no byte floor")
     benchmark.group = f"ProGAN iteration {res}px {B.SHORT[dtype]}"
 
     why = _skip_reason(provider)
     if why:
-        rec.update(status="skipped", reason=why)
-        record(rec, request.config, _RESULTS)
-        pytest.skip(why)
+        skip_recorded(rec, why, request.config, _RESULTS)
     if provider.endswith("compile"):
         torch._dynamo.reset()
     if DEVICE == "cuda":
@@ -257,20 +204,7 @@ def test_train_iteration(benchmark, train_case, provider, request):
     def step():
         return iteration(next(counter))
 
-    if DEVICE == "cuda":
-        timing = B.measure(step, DEVICE, warmup_ms=300.0, rep_ms=1500.0)
-        rec.update(timing.as_dict())
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        rec["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        benchmark._timer = B.cuda_sync_timer
-        benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
-    else:
-        benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
-        rec.update(ms=benchmark.stats.stats.median * 1e3, reps=3,
-                   timer="perf_counter (pytest-benchmark median)")
+    time_step(benchmark, step, rec, warmup_ms=300.0, rep_ms=1500.0, rounds=3, cpu_rounds=3)
     rec["img_per_s"] = n / (rec["ms"] * 1e-3)
     benchmark.extra_info.update({k: rec[k] for k in (
         "op", "shape", "dtype", "provider", "device", "status", "tf32", "ms", "img_per_s",

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
+from .ops import _common as C_
 
 __all__ = [
     "logistic_d_loss", "logistic_g_loss", "logistic_saturating_g_loss",
@@ -49,7 +50,7 @@ def _k(k) -> float:
     """BEGAN's k as a float in [0, 1]; a one-element tensor is read once (a host sync)."""
     if isinstance(k, torch.Tensor) and k.numel() == 1 and not k.requires_grad:
         k = k.item()
-    return _checks.number(k, "k", low=0.0, high=1.0)
+    return C_.check_number(k, "k", low=0.0, high=1.0)
 
 # --- non-saturating logistic (Goodfellow et al. 2014; label smoothing: Salimans et al. 2016)
 
@@ -66,7 +67,7 @@ def logistic_d_loss(real_scores, fake_scores, *, real_target: float = 1.0) -> to
         0-d tensor (fp32 for fp16/bf16 scores, else the scores' dtype).
     """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    real_target = _checks.number(real_target, "real_target", low=0.0, high=1.0)
+    real_target = C_.check_number(real_target, "real_target", low=0.0, high=1.0)
     real_term = real_target * F.softplus(-r) + (1.0 - real_target) * F.softplus(r)
     return real_term.mean() + F.softplus(f).mean()
 
@@ -136,7 +137,7 @@ def clip_weights(module: nn.Module, c: float = 0.01) -> None:
         None; the parameters change in place.
     """
     _checks.module(module, "module")
-    c = _checks.number(c, "c", low=0.0, low_open=True)
+    c = C_.check_number(c, "c", low=0.0, low_open=True)
     for p in module.parameters():
         p.clamp_(-c, c)
 
@@ -155,7 +156,7 @@ def lsgan_d_loss(real_scores, fake_scores, *, a: float = 0.0, b: float = 1.0) ->
         0-d tensor (fp32 for fp16/bf16 scores).
     """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    a, b = _checks.number(a, "a"), _checks.number(b, "b")
+    a, b = C_.check_number(a, "a"), C_.check_number(b, "b")
     return 0.5 * (r - b).square().mean() + 0.5 * (f - a).square().mean()
 
 
@@ -170,7 +171,7 @@ def lsgan_g_loss(fake_scores, *, c: float = 1.0) -> torch.Tensor:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
     f = _f(fake_scores, "fake_scores")
-    return 0.5 * (f - _checks.number(c, "c")).square().mean()
+    return 0.5 * (f - C_.check_number(c, "c")).square().mean()
 
 
 # --- hinge (Lim & Ye 2017; SAGAN, BigGAN)
@@ -201,7 +202,17 @@ def hinge_g_loss(fake_scores) -> torch.Tensor:
     return -_f(fake_scores, "fake_scores").mean()
 
 
-# --- relativistic average (Jolicoeur-Martineau 2018)
+# --- relativistic average (Jolicoeur-Martineau 2018): G's loss is D's with real and fake swapped
+
+def _rasgan(a, b) -> torch.Tensor:
+    """mean -log sigmoid(a - mean b) + mean -log(1 - sigmoid(b - mean a))."""
+    return F.softplus(-(a - b.mean())).mean() + F.softplus(b - a.mean()).mean()
+
+
+def _ralsgan(a, b) -> torch.Tensor:
+    """mean (a - mean b - 1)^2 + mean (b - mean a + 1)^2."""
+    return (a - b.mean() - 1.0).square().mean() + (b - a.mean() + 1.0).square().mean()
+
 
 def ragan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     """RaSGAN: mean -log sigmoid(C(x) - mean C(x~)) + mean -log(1 - sigmoid(C(x~) - mean C(x))).
@@ -213,8 +224,7 @@ def ragan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     Returns:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
-    r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return F.softplus(-(r - f.mean())).mean() + F.softplus(f - r.mean()).mean()
+    return _rasgan(_f(real_scores, "real_scores"), _f(fake_scores, "fake_scores"))
 
 
 def ragan_g_loss(real_scores, fake_scores) -> torch.Tensor:
@@ -229,7 +239,7 @@ def ragan_g_loss(real_scores, fake_scores) -> torch.Tensor:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return F.softplus(-(f - r.mean())).mean() + F.softplus(r - f.mean()).mean()
+    return _rasgan(f, r)
 
 
 def ralsgan_d_loss(real_scores, fake_scores) -> torch.Tensor:
@@ -242,8 +252,7 @@ def ralsgan_d_loss(real_scores, fake_scores) -> torch.Tensor:
     Returns:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
-    r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return (r - f.mean() - 1.0).square().mean() + (f - r.mean() + 1.0).square().mean()
+    return _ralsgan(_f(real_scores, "real_scores"), _f(fake_scores, "fake_scores"))
 
 
 def ralsgan_g_loss(real_scores, fake_scores) -> torch.Tensor:
@@ -258,7 +267,7 @@ def ralsgan_g_loss(real_scores, fake_scores) -> torch.Tensor:
         0-d tensor (fp32 for fp16/bf16 scores).
     """
     r, f = _f(real_scores, "real_scores"), _f(fake_scores, "fake_scores")
-    return (f - r.mean() - 1.0).square().mean() + (r - f.mean() + 1.0).square().mean()
+    return _ralsgan(f, r)
 
 
 # --- BEGAN (Berthelot et al. 2017): D is an autoencoder; the "scores" are its per-sample
@@ -310,8 +319,8 @@ def began_update_k(k: float, real_recon, fake_recon, *, gamma: float = 0.5,
         (k_next, M) as Python floats (one host sync).
     """
     k = _k(k)
-    gamma = _checks.number(gamma, "gamma", low=0.0, high=1.0)
-    lambda_k = _checks.number(lambda_k, "lambda_k", low=0.0)
+    gamma = C_.check_number(gamma, "gamma", low=0.0, high=1.0)
+    lambda_k = C_.check_number(lambda_k, "lambda_k", low=0.0)
     lr = _f(real_recon, "real_recon").mean()
     lf = _f(fake_recon, "fake_recon").mean()
     balance = (gamma * lr - lf).item()

@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from .ops import _common as C_
 from .ops.grad_penalty import grad_penalty as _fused_penalty
 
 __all__ = [
@@ -262,7 +263,7 @@ def _epsilon(epsilon, n: int, like: torch.Tensor, generator) -> torch.Tensor:
     if epsilon is None:
         return torch.rand(n, device=like.device, dtype=dtype, generator=generator)
     if isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
-        epsilon = _checks.number(epsilon, "epsilon", low=0.0, high=1.0)
+        epsilon = C_.check_number(epsilon, "epsilon", low=0.0, high=1.0)
         return torch.full((n,), epsilon, device=like.device, dtype=dtype)
     if not isinstance(epsilon, torch.Tensor):
         raise TypeError(f"epsilon must be None, a float or an [N] tensor, got "
@@ -314,8 +315,8 @@ def gradient_penalty(discriminator, real: torch.Tensor, fake: torch.Tensor, *,
         raise TypeError(f"real and fake must have the same dtype, got {real.dtype} and "
                         f"{fake.dtype}")
     _check_reduction(reduction)
-    weight = _checks.number(weight, "weight", low=0.0)
-    target = _checks.number(target, "target", low=0.0, low_open=True)
+    weight = C_.check_number(weight, "weight", low=0.0)
+    target = C_.check_number(target, "target", low=0.0, low_open=True)
     n = real.shape[0]
     real, fake = real.detach(), fake.detach()
     eps = _epsilon(epsilon, n, real, generator).to(real.dtype).view(n, *([1] * (real.dim() - 1)))
@@ -351,7 +352,7 @@ def r1_penalty(discriminator, real: torch.Tensor, *, gamma: float = 10.0,
     _checks.function(discriminator, "discriminator")
     _check_images(real, "real")
     _check_reduction(reduction)
-    gamma = _checks.number(gamma, "gamma", low=0.0)
+    gamma = C_.check_number(gamma, "gamma", low=0.0)
     x = real.detach().requires_grad_(True)
     with torch.enable_grad():
         g, scores = input_gradient(discriminator, x, return_scores=True)
@@ -386,7 +387,7 @@ def drift_penalty(real_scores: torch.Tensor, epsilon: float = 1e-3) -> torch.Ten
         0-d tensor, fp32 for fp16/bf16 scores, else the scores' dtype.
     """
     s = _checks.scores(real_scores, "real_scores")
-    return _checks.number(epsilon, "epsilon", low=0.0) * s.square().mean()
+    return C_.check_number(epsilon, "epsilon", low=0.0) * s.square().mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,10 +405,10 @@ def lazy_adam_hyperparameters(lr: float, betas: tuple[float, float], interval: i
         (lr * c, (beta1 ** c, beta2 ** c)) with c = k / (k + 1).
     """
     interval = _check_interval(interval)
-    lr = _checks.number(lr, "lr", low=0.0, low_open=True)
+    lr = C_.check_number(lr, "lr", low=0.0, low_open=True)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    b1, b2 = (_checks.number(b, name, low=0.0) for b, name in zip(betas, ("beta1", "beta2")))
+    b1, b2 = (C_.check_number(b, name, low=0.0) for b, name in zip(betas, ("beta1", "beta2")))
     if not (b1 < 1 and b2 < 1):
         raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
     c = interval / (interval + 1)
@@ -483,7 +484,7 @@ class LazyRegularizer:
 
     def due(self, step: int) -> bool:
         """Whether the penalty is due at `step` (an int >= 0): step % interval == 0."""
-        return _checks.integer(step, "step", low=0) % self.interval == 0
+        return C_.check_number(step, "step", integer=True, low=0) % self.interval == 0
 
     def __call__(self, step: int, penalty_fn, *args, **kwargs):
         """penalty_fn(*args, **kwargs) * interval when `due(step)`, else None.

@@ -18,22 +18,32 @@ compiles every Triton kernel variant on first use). Benchmarks always run alone.
                gradient error against fp64
   ops          the op benchmarks (pixel_norm, minibatch_stddev, bias_act, grad_penalty) at their
                largest ProGAN shape (--fastgan-largest)
+  sn           benchmarks/test_bench_spectral_norm.py: the spectral-norm overhead of a D step,
+               SNGAN's CIFAR-10 D and a BigGAN-128-like D (its one set of cases)
+  train        benchmarks/test_bench_train.py --fastgan-quick: one ProGAN training iteration (D
+               step with WGAN-GP, G step, Adam) at 256x256 in fp32 and bf16
   layers       benchmarks/test_bench_layers.py --fastgan-quick: equalized-lr layers
+  convert      benchmarks/test_bench_convert.py --fastgan-quick: pro-gan-pth's own D step at
+               256x256, as it is and after fastgan.convert; it needs the test-only package
+               pro-gan-pth, and without it the stage shows as skipped with the install line
   other-tests  pytest tests -m "not cuda": the rest of the suite (CI runs it on every change;
                here it only checks the GPU machine's stack, so it comes last)
 
 Budget: --budget seconds (default 480) from the start of the command, the environment probe
 included. Before each stage, left = budget - elapsed - MARGIN_S (the margin pays for killing a
 stage and writing the report; the budget leaves room in a 10-minute command and a 15-minute
-lease that includes the machine's start). A stage needs at least its min_s: with less left it is skipped,
-and a later, cheaper stage still gets its chance. Otherwise it runs with the timeout
+lease that includes the machine's start). A stage needs at least its min_s: with less left it is
+skipped, and a later, cheaper stage still gets its chance. Otherwise it runs with the timeout
 min(max_s, left); still running then, it is cut: its process group is killed and what it
-recorded so far is kept (tests and benchmarks log every result as it finishes).
+recorded so far is kept (tests and benchmarks log every result as it finishes). A stage that ran
+without failing but whose every test was skipped (a missing test-only package) is reported as
+skipped, with the skip message as its reason.
 
 Adding a benchmark module to a stage is one line in STAGES, where its position is its priority:
-    bench("sn", "spectral norm", "benchmarks/test_bench_spectral_norm.py", "--fastgan-quick"),
+    bench("gan", "what it shows", "benchmarks/test_bench_gan.py", "--fastgan-quick"),
 (`min_s=` / `max_s=` bound its time; several files may share one stage; its records join the
-report's timing tables by their "op".)
+report's op and layer tables by their "op", unless scripts/gpu_check_report.py's _STEP_SECTIONS
+gives that op a table of its own, as it does for the step benchmarks.)
 
 Results, all directly in --out (default benchmarks/results/), so `--out $OUT` works on a remote
 machine that returns only plain files; written after every stage, so a run cut short still
@@ -48,7 +58,8 @@ leaves them, saying which stages were skipped or cut and why:
 
 Without a GPU it says so and exits with status 2; --dry-run prints the plan instead, and
 --allow-cpu runs the stages anyway (to try this script on a CPU machine).
-Exit status: 0 every stage passed (or was skipped by an option); 1 a stage failed or was cut;
+Exit status: 0 every stage passed (or was skipped by an option, or had every test skipped); 1 a
+stage failed or was cut;
 2 no GPU; 3 nothing failed, but stages were skipped for lack of budget.
 """
 
@@ -72,7 +83,7 @@ from pathlib import Path
 from typing import Callable
 
 from gpu_check_env import git_info, probe_environment
-from gpu_check_report import write_report
+from gpu_check_report import test_outcomes, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
@@ -128,8 +139,14 @@ STAGES: tuple[Stage, ...] = (
           "benchmarks/test_bench_penalty.py", "--fastgan-quick", min_s=60, max_s=150),
     bench("ops", "op benchmarks, largest ProGAN shape per op",
           *OP_BENCHMARKS, "--fastgan-largest", min_s=45, max_s=100),
+    bench("sn", "spectral-norm overhead of a D step, SNGAN and BigGAN-like",
+          "benchmarks/test_bench_spectral_norm.py", min_s=45, max_s=120),
+    bench("train", "one ProGAN training iteration, 256 px, fp32 and bf16",
+          "benchmarks/test_bench_train.py", "--fastgan-quick", min_s=60, max_s=150),
     bench("layers", "equalized-lr layers, quick shapes",
-          "benchmarks/test_bench_layers.py", "--fastgan-quick", min_s=45),
+          "benchmarks/test_bench_layers.py", "--fastgan-quick", min_s=45, max_s=120),
+    bench("convert", "pro-gan-pth's D step, as it is and converted, 256 px, fp32 and bf16",
+          "benchmarks/test_bench_convert.py", "--fastgan-quick", min_s=60, max_s=150),
     tests("other-tests", "the rest of the suite", "tests", "-m", "not cuda", min_s=45, shards=4),
 )
 
@@ -345,8 +362,25 @@ def run_stage(stage: Stage, timeout: float, ctx: Context, log) -> tuple[str, int
     return status, rc, output
 
 
+def skip_if_nothing_ran(stage: Stage, ctx: Context, status: str) -> tuple[str, str]:
+    """A test or benchmark stage that ran without failing, but whose every test was skipped (a
+    benchmark whose test-only dependency is absent from the machine), counts as skipped.
+
+    Args:
+        stage, ctx: the Stage and the run's Context (its test log); status: as run_stage says.
+    Returns:
+        (status, reason): ("skipped", the skip messages) in that case, else (status, "")."""
+    if stage.kind == "build" or status not in ("passed", "no tests"):
+        return status, ""
+    outcomes = test_outcomes(ctx.testlog(stage)).values()
+    if not outcomes or any(t["outcome"] != "skipped" for t in outcomes):
+        return status, ""
+    reasons = dict.fromkeys(t["message"].removeprefix("Skipped: ") for t in outcomes)
+    return "skipped", "; ".join(list(reasons)[:3])
+
+
 def run_stages(stages: tuple[Stage, ...], budget: Budget, skipped: dict[str, str],
-               run_one: Callable[[Stage, float], tuple[str, int | None, str]],
+               run_one: Callable[[Stage, float], tuple[str, int | None, str, str]],
                after_each: Callable[[list[StageRun]], None]) -> list[StageRun]:
     """Spend the budget on the stages in their order.
 
@@ -354,7 +388,8 @@ def run_stages(stages: tuple[Stage, ...], budget: Budget, skipped: dict[str, str
         stages: in priority order.
         budget: the run's Budget.
         skipped: stage key -> why it is skipped regardless (an option).
-        run_one: run_one(stage, timeout) -> (status, rc, output).
+        run_one: run_one(stage, timeout) -> (status, rc, output, reason); reason: why a stage
+            that ran counts as "skipped" ("" otherwise).
         after_each: called with all StageRuns before the first stage and after every stage
             (writes the report).
     Returns:
@@ -373,7 +408,7 @@ def run_stages(stages: tuple[Stage, ...], budget: Budget, skipped: dict[str, str
         else:
             run.timeout = left if stage.max_s is None else min(stage.max_s, left)
             t0 = clock()
-            run.status, run.rc, run.output = run_one(stage, run.timeout)
+            run.status, run.rc, run.output, run.reason = run_one(stage, run.timeout)
             run.seconds = clock() - t0
             if run.status == "cut":
                 run.reason = f"still running at its timeout ({run.timeout:.0f} s): killed"
@@ -423,7 +458,8 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python scripts/gpu_check.py",
         description="On a GPU machine, inside one time budget: build the CUDA extension, run the "
-                    "GPU tests, the penalty, op and layer benchmarks (in that priority), and write "
+                    "GPU tests, the penalty, op, spectral-norm, training, layer and convert "
+                    "benchmarks (in that priority), and write "
                     "benchmarks/results/<date>-<gpu>.md (+ raw JSON and the full log) after every "
                     "stage.")
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
@@ -505,10 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         log.write(f"gpu_check {started}\nenvironment: {json.dumps(info, indent=1)}\ngit: {git}\n")
 
         def run_one(stage: Stage, timeout: float):
-            result = run_stage(stage, timeout, ctx, log)
+            status, rc, output = run_stage(stage, timeout, ctx, log)
             if stage.kind == "bench":
                 merge_bench_json(ctx.stage_json(stage), ctx.bench_json)
-            return result
+            status, reason = skip_if_nothing_ran(stage, ctx, status)
+            return status, rc, output, reason
 
         commands = {s.key: describe(s, ctx) for s in STAGES}
 

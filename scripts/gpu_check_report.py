@@ -2,9 +2,12 @@
 
 Sections: environment (device, versions, commit, TF32, copy bandwidth, budget); stages (status,
 time, timeout, test counts, command) and what was skipped or cut, and why; correctness (test
-outcomes per file and per op); the D step with the gradient penalty (ms, speedup, peak memory,
-gradient error per provider); op and layer timings (ms, GB/s where the row has a byte model,
-floor, speedups); the tail of every failed or cut stage's output.
+outcomes per file and per op); the step benchmarks, each its own table: the D step with the
+gradient penalty and pro-gan-pth's D step unconverted and converted (ms, speedup, peak memory,
+gradient error per provider), one ProGAN training iteration (ms, img/s, speedup, peak memory,
+loss difference from eager), the spectral-norm overhead of a D step (ms, overhead, floor); op
+and layer timings (ms, GB/s where the row has a byte model, floor, speedups); the tail of every
+failed or cut stage's output.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 OPS = ("pixel_norm", "minibatch_stddev", "bias_act", "grad_penalty")
 PROVIDERS = ("eager", "compile", "triton", "cuda")
 PENALTY_OP = "d_step_gp"  # the records of benchmarks/test_bench_penalty.py
+CONVERT_OP = "progan_pth_d_step_gp"  # benchmarks/test_bench_convert.py
+TRAIN_OP = "train_iteration"  # benchmarks/test_bench_train.py
+SN_PREFIX = "spectral_norm_"  # benchmarks/test_bench_spectral_norm.py: spectral_norm_<model>
 TAIL_CHARS = 3000
 
 
@@ -119,10 +125,10 @@ def _stages(ctx, runs, commands: dict[str, str]) -> list[str]:
                   "pending": "not reached yet"}.get(r.status, r.status)
         if r.status == "skipped":
             status = f"skipped ({r.reason})"
+        ran = r.status != "pending" and r.timeout is not None  # ran, perhaps then counted skipped
         outcome = ""
-        if r.stage.kind != "build" and r.status not in ("pending", "skipped"):
+        if r.stage.kind != "build" and ran:
             outcome = fmt_counts(count(test_outcomes(ctx.testlog(r.stage))))
-        ran = r.status not in ("pending", "skipped")
         out.append(f"| {i} | {r.stage.key}: {r.stage.title} | {status} | "
                    f"{f'{r.seconds:.0f} s' if ran else '-'} | "
                    f"{f'{r.timeout:.0f} s' if r.timeout is not None else '-'} | {outcome} | "
@@ -169,9 +175,9 @@ def _correctness(ctx, runs) -> list[str]:
 
 
 def penalty_table(records: list[dict]) -> list[str]:
-    """Args: records of the penalty benchmark. Returns: the markdown table: per row (resolution,
-    dtype, layer order) and provider, ms, speedup over eager, peak MiB, gradient and loss error
-    against fp64, and the status with its reason."""
+    """Args: records of a D-step benchmark (penalty, convert). Returns: the markdown table:
+    per row (resolution, dtype, layer order) and provider, ms, speedup over eager, peak MiB,
+    gradient and loss error against fp64, and the status with its reason."""
     out = ["| res | dtype | step | provider | ms | x eager | peak MiB | grad err vs fp64 | "
            "loss err | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     eager = {(r["shape"][2], r["dtype"], r["pass"]): r["ms"] for r in records
@@ -182,10 +188,54 @@ def penalty_table(records: list[dict]) -> list[str]:
         mem = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
         grad = f"{r['grad_rel_err']:.1e}" if "grad_rel_err" in r else "-"
         loss = f"{r['loss_rel_err']:.1e}" if "loss_rel_err" in r else "-"
-        status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
         out.append(f"| {key[0]} | {r['dtype']} | {r['pass']} | {r['provider']} | "
-                   f"{_ms(r.get('ms'))} | {speed} | {mem} | {grad} | {loss} | "
-                   f"{status.replace('|', '/')} |")
+                   f"{_ms(r.get('ms'))} | {speed} | {mem} | {grad} | {loss} | {_status(r)} |")
+    return out
+
+
+def _status(r: dict) -> str:
+    return (r["status"] + (f": {r['reason']}" if r.get("reason") else "")).replace("|", "/")
+
+
+def train_table(records: list[dict]) -> list[str]:
+    """Args: records of the training-iteration benchmark. Returns: the markdown table: per
+    (resolution, dtype) and provider, ms per iteration, speedup over eager, images per second,
+    peak MiB, the largest difference of the first iterations' losses from eager's (relative to
+    their scale), and the status with its reason."""
+    out = ["| res | dtype | provider | ms | x eager | img/s | peak MiB | loss diff vs eager | "
+           "status |", "|---|---|---|---|---|---|---|---|---|"]
+    eager = {(r["shape"][2], r["dtype"]): r["ms"] for r in records
+             if r["provider"] == "eager" and "ms" in r}
+    for r in records:
+        key = (r["shape"][2], r["dtype"])
+        speed = f"{eager[key] / r['ms']:.2f}x" if "ms" in r and key in eager else "-"
+        img = f"{r['img_per_s']:.1f}" if "img_per_s" in r else "-"
+        mem = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
+        diff = f"{r['loss_rel_diff']:.1e}" if "loss_rel_diff" in r else "-"
+        out.append(f"| {key[0]} | {r['dtype']} | {r['provider']} | {_ms(r.get('ms'))} | {speed} "
+                   f"| {img} | {mem} | {diff} | {_status(r)} |")
+    return out
+
+
+def spectral_norm_table(records: list[dict]) -> list[str]:
+    """Args: records of the spectral-norm benchmark. Returns: the markdown table: per model and
+    provider, ms of the D step, the overhead over the same D without spectral norm, torch's
+    overhead over it, the floor of the power iterations' bytes, the largest difference from
+    torch's spectral norm, and the status with its reason."""
+    out = ["| model | provider | ms | overhead ms | torch overhead / this | floor ms | "
+           "err vs torch | status |", "|---|---|---|---|---|---|---|---|"]
+    ms = {(r["op"], r["provider"]): r["ms"] for r in records if "ms" in r}
+    for r in records:
+        base, torch_ms = ms.get((r["op"], "none")), ms.get((r["op"], "torch"))
+        over = r["ms"] - base if "ms" in r and base is not None else None
+        ratio = "-"
+        if over is not None and over > 0 and torch_ms is not None and r["provider"] != "none":
+            ratio = f"{(torch_ms - base) / over:.1f}x"
+        floor = f"{r['floor_ms']:.4f}" if "floor_ms" in r else "-"
+        err = f"{r['max_rel_err']:.1e}" if "max_rel_err" in r else "-"
+        out.append(f"| {r['op'][len(SN_PREFIX):]} | {r['provider']} | {_ms(r.get('ms'))} | "
+                   f"{_ms(over) if over is not None else '-'} | {ratio} | {floor} | {err} | "
+                   f"{_status(r)} |")
     return out
 
 
@@ -272,19 +322,38 @@ def not_timed_lines(records: list[dict]) -> list[str]:
     return [f"- {p} ({', '.join(ops)}): {why}" for (p, why), ops in groups.items()]
 
 
+_STEP_SECTIONS = (  # (title, which records, what the table shows, table)
+    ("ProGAN D step with WGAN-GP", lambda op: op == PENALTY_OP,
+     "One D step (D(real), D(fake), penalty, drift, backward), batch 16, official widths. ms: "
+     "median CUDA-event time of one step, L2 flushed; peak MiB: torch.cuda.max_memory_allocated "
+     "over one step; grad err: ||grad - grad64|| / ||grad64|| of all parameter gradients against "
+     "an fp64 eager step on the same weights and inputs. Providers: see "
+     "benchmarks/test_bench_penalty.py.", penalty_table),
+    ("pro-gan-pth's D step, as it is and after fastgan.convert", lambda op: op == CONVERT_OP,
+     "The same step for pro_gan_pytorch's own Discriminator (pro-gan-pth 3.4), its blocks in its "
+     "own order; columns as above. Providers: see benchmarks/test_bench_convert.py.",
+     penalty_table),
+    ("One ProGAN training iteration", lambda op: op == TRAIN_OP,
+     "A D step (WGAN loss, gradient penalty, drift, Adam) and a G step (Adam), batch 16, official "
+     "widths. ms: median CUDA-event time of one iteration, L2 flushed; loss diff: the largest "
+     "difference of the first iterations' losses from eager's, from the same start with TF32 "
+     "off, relative to their scale. Providers: see benchmarks/test_bench_train.py.", train_table),
+    ("Spectral-norm overhead of a D step", lambda op: op.startswith(SN_PREFIX),
+     "Three training forwards and the backward of SNGAN's CIFAR-10 D (batch 64, 32x32) and a "
+     "BigGAN-128-like D (batch 32). overhead: ms over the same D without spectral norm (row "
+     "none); floor: the power iterations' weight reads at the copy rate measured in the same run; "
+     "err: the largest difference from torch's spectral norm (loss, gradients, u, v). Providers: "
+     "see benchmarks/test_bench_spectral_norm.py.", spectral_norm_table),
+)
+
+
 def _timings(records: list[dict], copy_gbps: float | None) -> list[str]:
-    penalty = [r for r in records if r["op"] == PENALTY_OP]
-    others = [r for r in records if r["op"] != PENALTY_OP]
-    out = ["\n## ProGAN D step with WGAN-GP\n"]
-    if penalty:
-        out.append("One D step (D(real), D(fake), penalty, drift, backward), batch 16, official "
-                   "widths. ms: median CUDA-event time of one step, L2 flushed; peak MiB: "
-                   "torch.cuda.max_memory_allocated over one step; grad err: ||grad - grad64|| / "
-                   "||grad64|| of all parameter gradients against an fp64 eager step on the same "
-                   "weights and inputs. Providers: see benchmarks/test_bench_penalty.py.\n")
-        out += penalty_table(penalty)
-    else:
-        out.append("No results.")
+    out: list[str] = []
+    for title, mine, text, table in _STEP_SECTIONS:
+        rows = [r for r in records if mine(r["op"])]
+        out.append(f"\n## {title}\n")
+        out += [text + "\n", *table(rows)] if rows else ["No results."]
+    others = [r for r in records if not any(own(r["op"]) for _, own, _, _ in _STEP_SECTIONS)]
     out.append("\n## Op and layer timings\n")
     if not others:
         return out + ["No results."]

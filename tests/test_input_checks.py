@@ -1,13 +1,16 @@
-"""A user's mistakes in the layers, penalties and losses raise a clear error naming the argument,
-before any work, instead of returning a number (a negative "penalty", a NaN) or failing deep in
-torch. What the penalties do not detect is pinned down too, as the docs describe it."""
+"""A user's mistakes in the layers, penalties, losses and ops raise a clear error naming the
+argument, before any work, instead of returning a number (a negative "penalty", a NaN) or
+failing deep in torch. What the penalties do not detect is pinned down too, as the docs describe
+it."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import fastgan.functional as FF
 import fastgan.losses as L
 import fastgan.penalties as P
 from fastgan.nn import EqualConv2d, EqualLinear, FusedLeakyReLU, MinibatchStdDev, PixelNorm
@@ -157,7 +160,7 @@ def test_lazy_regularization_arguments():
 
 @pytest.mark.parametrize("make,exc,words", [
     (lambda: PixelNorm(eps=-1), ValueError, "eps must be >= 0"),
-    (lambda: PixelNorm(eps="1e-8"), TypeError, "eps must be a float"),
+    (lambda: PixelNorm(eps="1e-8"), TypeError, "eps must be a real number"),
     (lambda: PixelNorm(dim=1.0), TypeError, "dim must be an int"),
     (lambda: MinibatchStdDev(group_size=0), ValueError, "group_size must be >= 1"),
     (lambda: MinibatchStdDev(group_size=2.0), TypeError, "group_size must be an int"),
@@ -179,6 +182,29 @@ def test_lazy_regularization_arguments():
 def test_layer_arguments_checked_at_construction(make, exc, words):
     with pytest.raises(exc, match=words):
         make()
+
+
+# --- ops: the same number check as the layers (fastgan.ops._common.check_number) ----------------
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda x: FF.bias_act(x, gain=math.inf), ValueError, "gain must be finite"),
+    (lambda x: FF.bias_act(x, alpha="0.2"), TypeError, "alpha must be a real number"),
+    (lambda x: FF.pixel_norm(x, math.nan), ValueError, "eps must be finite"),
+    (lambda x: FF.grad_penalty(x.flatten(1), target=0.0), ValueError, "target must be > 0"),
+    (lambda x: FF.minibatch_stddev(x, group_size=0), ValueError, "group_size must be >= 1"),
+    (lambda x: FF.minibatch_stddev(x, num_features=True), TypeError,
+     "num_features must be an int"),
+])
+def test_op_numbers_checked_naming_the_argument(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call(torch.ones(4, 3, 2, 2))
+
+
+def test_numpy_numbers_are_numbers_to_the_ops_and_layers():
+    x = torch.randn(4, 6, 3, 3)
+    assert torch.equal(FF.pixel_norm(x, np.float32(1e-8)), FF.pixel_norm(x, 1e-8))
+    assert torch.equal(FF.minibatch_stddev(x, np.int64(2)), FF.minibatch_stddev(x, 2))
+    assert PixelNorm(dim=np.int64(1)).dim == 1
 
 
 def test_valid_layer_arguments_construct_and_run():

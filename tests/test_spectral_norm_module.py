@@ -397,19 +397,31 @@ class _Nested(nn.Module):
         return self.b(h)
 
 
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
-def test_fused_path_nested_call(device, backend):
-    torch.manual_seed(7)
+def _assert_runs_as_twin(model, twin, x, backend, steps=1):
+    """Call `model` (fastgan, on `backend`) and its torch twin on x `steps` times: every output,
+    then every buffer (u, v), must agree."""
+    for _ in range(steps):
+        yt = twin(x)
+        with fastgan.use_backend(backend):
+            yo = model(x)
+        assert_close(yo, yt, torch.float32, "y")
+    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert_close(a, b, torch.float32, n)
+
+
+def _fused_nested(device, seed):
+    """Args: device, a seed. Returns: (a fused _Nested model made from the seed, its torch twin)."""
+    torch.manual_seed(seed)
     model = _Nested().to(device)
     twin = _torch_twin(model)
     fuse_spectral_norm(model)
-    x = torch.randn(2, 3, device=device)
-    yt = twin(x)
-    with fastgan.use_backend(backend):
-        yo = model(x)
-    assert_close(yo, yt, torch.float32, "y")
-    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
-        assert_close(a, b, torch.float32, n)
+    return model, twin
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_path_nested_call(device, backend):
+    model, twin = _fused_nested(device, 7)
+    _assert_runs_as_twin(model, twin, torch.randn(2, 3, device=device), backend)
 
 
 def _ddp_worker(rank, world, port, backend, queue):
@@ -483,30 +495,14 @@ def test_fused_path_after_layers_change(device, backend):
     model[1].eval()
     remove_spectral_norm(model[1])
     twin[1] = copy.deepcopy(model[1])  # (removing from the twin too would edit the shared class)
-    for _ in range(2):
-        with fastgan.use_backend(backend):
-            yo = model(x)
-        yt = twin(x)
-        assert_close(yo, yt, torch.float32, "y")
-    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
-        assert_close(a, b, torch.float32, n)
+    _assert_runs_as_twin(model, twin, x, backend, steps=2)
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_fused_model_inside_fused_model(device, backend):
     """A fused block inside a fused model: each layer still advances once per call."""
-    torch.manual_seed(10)
-    model = _Nested().to(device)
-    twin = _torch_twin(model)
-    fuse_spectral_norm(model)
+    model, twin = _fused_nested(device, 10)
     fuse_spectral_norm(model.a)
     with pytest.raises(ValueError, match="already active"):
         fuse_spectral_norm(model)
-    x = torch.randn(2, 3, device=device)
-    for _ in range(2):
-        yt = twin(x)
-        with fastgan.use_backend(backend):
-            yo = model(x)
-        assert_close(yo, yt, torch.float32, "y")
-    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
-        assert_close(a, b, torch.float32, n)
+    _assert_runs_as_twin(model, twin, torch.randn(2, 3, device=device), backend, steps=2)

@@ -235,6 +235,16 @@ class GenInitialBlock(nn.Module):
         return self.pixNorm(y)
 
 
+def _two_conv3x3(use_eql: bool, c_in: int, c_mid: int, c_out: int) -> tuple[nn.Module, nn.Module]:
+    """The two 3x3 convs (padding 1, bias) of the port's general blocks, c_in -> c_mid -> c_out.
+
+    Args: use_eql: equalized (True) or plain torch convs; the channels.
+    Returns: (conv_1, conv_2), made in that order (the port's order of initialization)."""
+    conv = EqualizedConv2d if use_eql else nn.Conv2d
+    return (conv(c_in, c_mid, (3, 3), padding=1, bias=True),
+            conv(c_mid, c_out, (3, 3), padding=1, bias=True))
+
+
 class GenGeneralConvBlock(nn.Module):
     """A generator block: nearest 2x upsample, 3x3 conv + lrelu, pixel norm, 3x3 conv + lrelu,
     pixel norm. The upsample and the first conv run as one exact 4x4 stride-2 transposed conv.
@@ -251,9 +261,7 @@ class GenGeneralConvBlock(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels
         self.use_eql = use_eql
-        conv = EqualizedConv2d if use_eql else nn.Conv2d
-        self.conv_1 = conv(in_channels, out_channels, (3, 3), padding=1, bias=True)
-        self.conv_2 = conv(out_channels, out_channels, (3, 3), padding=1, bias=True)
+        self.conv_1, self.conv_2 = _two_conv3x3(use_eql, in_channels, out_channels, out_channels)
         self.pixNorm = PixelwiseNorm()
         self.lrelu = nn.LeakyReLU(0.2)
 
@@ -277,9 +285,7 @@ class DisGeneralConvBlock(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.use_eql = use_eql
-        conv = EqualizedConv2d if use_eql else nn.Conv2d
-        self.conv_1 = conv(in_channels, in_channels, (3, 3), padding=1, bias=True)
-        self.conv_2 = conv(in_channels, out_channels, (3, 3), padding=1, bias=True)
+        self.conv_1, self.conv_2 = _two_conv3x3(use_eql, in_channels, in_channels, out_channels)
         self.downSampler = nn.AvgPool2d(2)
         self.lrelu = nn.LeakyReLU(0.2)
 

@@ -13,7 +13,6 @@ import math
 import torch
 from torch import nn
 
-from .. import _checks
 from .. import functional as FF
 from ..ops import _common as C_
 from ..ops.conv2d import RESAMPLES, why_not_fusable
@@ -24,15 +23,6 @@ __all__ = ["EqualConv2d", "EqualLinear", "FusedLeakyReLU"]
 _ACTIVATIONS = (None, "linear", "relu", "lrelu")
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = (v, v)
-    if (not isinstance(v, (tuple, list)) or len(v) != 2
-            or not all(isinstance(e, int) and not isinstance(e, bool) for e in v)):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return (v[0], v[1])
-
-
 def _check_activation(activation) -> str:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
@@ -40,7 +30,7 @@ def _check_activation(activation) -> str:
 
 
 def _positive(value, name: str) -> float:
-    return _checks.number(value, name, low=0.0, low_open=True)
+    return C_.check_number(value, name, low=0.0, low_open=True)
 
 
 class _Equalized(nn.Module):
@@ -49,8 +39,8 @@ class _Equalized(nn.Module):
     def _init_params(self, weight_shape, fan_in, bias, gain, lr_mul, bias_init, activation,
                      alpha, act_gain):
         self.gain, self.lr_mul = _positive(gain, "gain"), _positive(lr_mul, "lr_mul")
-        self.act_gain, self.alpha = _positive(act_gain, "act_gain"), _checks.number(alpha, "alpha")
-        bias_init = _checks.number(bias_init, "bias_init")
+        self.act_gain, self.alpha = _positive(act_gain, "act_gain"), C_.check_number(alpha, "alpha")
+        bias_init = C_.check_number(bias_init, "bias_init")
         self.act = _check_activation(activation)
         self.activation = activation
         self.weight = nn.Parameter(torch.randn(weight_shape) / self.lr_mul)
@@ -120,8 +110,8 @@ class EqualConv2d(_Equalized):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.kernel_size = C_.pair(kernel_size, "kernel_size")
+        self.stride, self.padding = C_.pair(stride, "stride"), C_.pair(padding, "padding")
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"kernel_size and stride must be positive and padding non-negative, "
                              f"got {self.kernel_size}, {self.stride}, {self.padding}")
@@ -243,7 +233,7 @@ class FusedLeakyReLU(nn.Module):
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         self.channels = channels
-        self.negative_slope = _checks.number(negative_slope, "negative_slope")
+        self.negative_slope = C_.check_number(negative_slope, "negative_slope")
         self.scale = _positive(scale, "scale")
         if bias:
             self.bias = nn.Parameter(torch.zeros(channels))

@@ -24,10 +24,7 @@ class PixelNorm(nn.Module):
 
     def __init__(self, eps: float = 1e-8, dim: int = 1):
         super().__init__()
-        C_.check_eps(eps)
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        self.eps, self.dim = eps, dim
+        self.eps, self.dim = C_.check_eps(eps), C_.check_number(dim, "dim", integer=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return FF.pixel_norm(x, self.eps, self.dim)
@@ -53,8 +50,8 @@ class MinibatchStdDev(nn.Module):
     def __init__(self, group_size: int = 4, num_features: int = 1, eps: float = 1e-8,
                  layout: str = "strided", unbiased: bool = False):
         super().__init__()
-        _checks.integer(group_size, "group_size")
-        _checks.integer(num_features, "num_features")
+        C_.check_number(group_size, "group_size", integer=True, low=1)
+        C_.check_number(num_features, "num_features", integer=True, low=1)
         C_.check_eps(eps)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")

@@ -366,36 +366,26 @@ def fuse_spectral_norm(model: nn.Module) -> FusedSpectralNormHandle:
 # ---------------------------------------------------------------------------------------------
 # Layers.
 
-def _sn_kwargs(kwargs: dict) -> tuple[dict, dict]:
-    sn = {k: kwargs.pop(k) for k in ("n_power_iterations", "eps") if k in kwargs}
-    return kwargs, sn
+class _WithSpectralNorm:
+    """What the SN layers share, before their torch layer in the bases: the layer is built from
+    the arguments without n_power_iterations and eps, then spectral_norm(layer, those two)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        sn = {k: kwargs.pop(k) for k in ("n_power_iterations", "eps") if k in kwargs}
+        super().__init__(*args, **kwargs)
+        spectral_norm(self, **sn)
 
 
-class SNConv2d(nn.Conv2d):
+class SNConv2d(_WithSpectralNorm, nn.Conv2d):
     """nn.Conv2d(*args, **kwargs) with spectral_norm on its weight; extra keyword arguments
     n_power_iterations (1) and eps (1e-12)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs, sn = _sn_kwargs(kwargs)
-        super().__init__(*args, **kwargs)
-        spectral_norm(self, **sn)
 
-
-class SNLinear(nn.Linear):
+class SNLinear(_WithSpectralNorm, nn.Linear):
     """nn.Linear(*args, **kwargs) with spectral_norm on its weight; extra keyword arguments
     n_power_iterations (1) and eps (1e-12)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs, sn = _sn_kwargs(kwargs)
-        super().__init__(*args, **kwargs)
-        spectral_norm(self, **sn)
 
-
-class SNEmbedding(nn.Embedding):
+class SNEmbedding(_WithSpectralNorm, nn.Embedding):
     """nn.Embedding(*args, **kwargs) with spectral_norm on its weight; extra keyword arguments
     n_power_iterations (1) and eps (1e-12)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs, sn = _sn_kwargs(kwargs)
-        super().__init__(*args, **kwargs)
-        spectral_norm(self, **sn)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import triton
 import triton.language as tl
@@ -29,18 +32,40 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"tensors must be on one device, got {listed}")
 
 
-def check_number(value, name: str, *, integer: bool = False) -> None:
-    """Raise TypeError naming `name` unless `value` is an int or a float (only an int with
-    integer=True). A bool is refused: it is an int to Python, never a size or a scale here."""
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        what = "an int" if integer else "a float"
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+def check_number(value, name: str, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False) -> float | int:
+    """The one check of a scalar argument, for the ops and the layers, penalties and losses.
+
+    Args:
+        value: the argument: a real Python/NumPy number (an integral one with integer=True), not
+            a bool (an int to Python, never a size or a scale here) and not a tensor.
+        name: the argument's name, for the messages.
+        integer: whether it must be an int.
+        low, high: inclusive bounds when given (`low_open=True` makes `low` exclusive).
+
+    Returns:
+        float(value), or int(value) with integer=True.
+
+    Raises:
+        TypeError: not such a number. ValueError: NaN, infinite or out of bounds; each message
+        names the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer
+                                                 else numbers.Real):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a real number'}, got "
+                        f"{type(value).__name__}")
+    v = int(value) if integer else float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high:g}, got {value!r}")
+    return v
 
 
-def check_eps(eps) -> None:
-    check_number(eps, "eps")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
+def check_eps(eps) -> float:
+    """Args: eps, a finite number >= 0 (check_number). Returns: float(eps)."""
+    return check_number(eps, "eps", low=0.0)
 
 
 def pair(v, name: str) -> tuple[int, int]:

@@ -399,8 +399,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear"
             raise ValueError(f"b must have shape [{x.shape[dim]}] (dim {dim} of x, shape "
                              f"{tuple(x.shape)}), got {tuple(b.shape)}")
         C_.check_same_device(x=x, b=b)
-    C_.check_number(alpha, "alpha")
-    C_.check_number(gain, "gain")
+    alpha, gain = C_.check_number(alpha, "alpha"), C_.check_number(gain, "gain")
     backend = _backend.resolve(x, "bias_act")
     if backend == "ref" or x.numel() == 0:
         return bias_act_ref(x, b, act, alpha, gain, dim)

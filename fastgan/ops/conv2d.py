@@ -161,9 +161,7 @@ def _check(x, weight, bias, groups, transposed):
     C_.check_float_tensor(x, "x", ndim=4)
     C_.check_float_tensor(weight, "weight", ndim=4)
     C_.check_same_device(x=x, weight=weight, bias=bias)
-    C_.check_number(groups, "groups", integer=True)
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups!r}")
+    C_.check_number(groups, "groups", integer=True, low=1)
     in_ch = weight.shape[0] if transposed else weight.shape[1] * groups
     if x.shape[1] != in_ch:
         what = "weight.shape[0]" if transposed else "weight.shape[1] * groups"

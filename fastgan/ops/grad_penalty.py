@@ -389,9 +389,7 @@ def _check_args(g, weight, target, mode):
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     C_.check_number(weight, "weight")
     if mode == "gp":
-        C_.check_number(target, "target")
-        if not target > 0:
-            raise ValueError(f"target must be a float > 0, got {target!r}")
+        C_.check_number(target, "target", low=0.0, low_open=True)
 
 
 def grad_penalty(g: torch.Tensor, weight: float = 10.0, target: float = 1.0, mode: str = "gp",

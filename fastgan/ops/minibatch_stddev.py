@@ -46,9 +46,7 @@ def _check_args(x, group_size, num_features, eps, layout, unbiased) -> int:
     """Raise TypeError/ValueError naming the bad argument; return G = min(group_size, N)."""
     C_.check_float_tensor(x, "x", ndim=4)
     for name, value in (("group_size", group_size), ("num_features", num_features)):
-        C_.check_number(value, name, integer=True)
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        C_.check_number(value, name, integer=True, low=1)
     C_.check_eps(eps)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -543,4 +541,4 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_features: int = 1
     backend = _backend.resolve(x, "minibatch_stddev")
     if backend == "ref" or x.numel() == 0:
         return minibatch_stddev_ref(x, group_size, num_features, eps, layout, unbiased)
-    return _ops.forward(x, g, num_features, float(eps), layout, unbiased, backend)
+    return _ops.forward(x, int(g), int(num_features), float(eps), layout, unbiased, backend)

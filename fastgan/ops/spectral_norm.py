@@ -94,14 +94,19 @@ def _sum_partials(part_ptr, p_off, n, ACC: tl.constexpr, BP: tl.constexpr):
 
 
 @triton.jit
+def _block_of_program(meta, blk_layer, blk_index, NMETA: tl.constexpr):
+    """(layer, block within it, pointer to the layer's meta row) of this program."""
+    pid = tl.program_id(0)
+    lay = tl.load(blk_layer + pid)
+    return lay, tl.load(blk_index + pid), meta + lay.to(tl.int64) * NMETA
+
+
+@triton.jit
 def _rows_kernel(meta, blk_layer, blk_index, vin_ptr, p2_ptr, t_ptr, p1_ptr, eps: tl.float64,
                  FIRST: tl.constexpr, ELT: tl.constexpr, ACC: tl.constexpr,
                  NMETA: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
     """t[rows] = W_mat[rows, :] v with v = vin (FIRST) or vin / max(||vin||, eps)."""
-    pid = tl.program_id(0)
-    lay = tl.load(blk_layer + pid)
-    blk = tl.load(blk_index + pid)
-    row = meta + lay.to(tl.int64) * NMETA
+    _, blk, row = _block_of_program(meta, blk_layer, blk_index, NMETA)
     w_ptr = tl.load(row).to(tl.pointer_type(ELT))
     n_o, n_h, n_i = tl.load(row + 1), tl.load(row + 2), tl.load(row + 3)
     u_off, v_off, p1_off = tl.load(row + 4), tl.load(row + 5), tl.load(row + 6)
@@ -133,10 +138,7 @@ def _cols_kernel(meta, blk_layer, blk_index, t_ptr, p1_ptr, s_ptr, p2_ptr, u_ptr
                  eps: tl.float64, ELT: tl.constexpr, ACC: tl.constexpr, NMETA: tl.constexpr,
                  BI: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr):
     """u = t / max(||t||, eps) (block 0 stores it); s[cols] = W_mat[:, cols]^T u."""
-    pid = tl.program_id(0)
-    lay = tl.load(blk_layer + pid)
-    blk = tl.load(blk_index + pid)
-    row = meta + lay.to(tl.int64) * NMETA
+    _, blk, row = _block_of_program(meta, blk_layer, blk_index, NMETA)
     w_ptr = tl.load(row).to(tl.pointer_type(ELT))
     n_o, n_h, n_i = tl.load(row + 1), tl.load(row + 2), tl.load(row + 3)
     u_off, v_off, p1_off, n_rb = tl.load(row + 4), tl.load(row + 5), tl.load(row + 6), \
@@ -168,10 +170,7 @@ def _finish_kernel(meta, blk_layer, blk_index, s_ptr, p2_ptr, v_ptr, sigma_ptr,
                    eps: tl.float64, ACC: tl.constexpr, NMETA: tl.constexpr, BC: tl.constexpr,
                    BP: tl.constexpr):
     """v = s / max(||s||, eps); sigma = ||s||^2 / max(||s||, eps) (= u^T W_mat v)."""
-    pid = tl.program_id(0)
-    lay = tl.load(blk_layer + pid)
-    blk = tl.load(blk_index + pid)
-    row = meta + lay.to(tl.int64) * NMETA
+    lay, blk, row = _block_of_program(meta, blk_layer, blk_index, NMETA)
     n_k = tl.load(row + 1) * tl.load(row + 3)
     v_off, p2_off, n_cb = tl.load(row + 5), tl.load(row + 8), tl.load(row + 9)
     ss = _sum_partials(p2_ptr, p2_off, n_cb, ACC, BP)
