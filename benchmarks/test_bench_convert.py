@@ -17,7 +17,7 @@ Providers, all on the same weights and inputs:
     triton_cl / cuda_cl the same, model and images channels_last (one more line of user code)
 Each records ms (median CUDA-event time, L2 flushed), peak MiB, and the relative error of the
 parameter gradients and the loss against an fp64 eager step. A converted provider fails when its
-gradient error exceeds 10x eager's (and 1e-2). The goals (issue 14, from BASELINES.md's 219.9 ms
+gradient error exceeds 10x eager's (and 1e-2). The goals (issue 14, from docs/baselines.md's 219.9 ms
 fp32 eager at 256 px on an H100): converted >= 2.5x eager in fp32 (<= 88 ms) and >= 3x under
 bf16, with no larger gradient error; the summary states each against the run's own eager.
 

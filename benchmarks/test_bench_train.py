@@ -19,7 +19,7 @@ Before timing, each provider runs the first STEPS iterations from the same start
 records its losses; a fastgan provider fails when they leave eager's by more than the dtype's
 tolerance. Each record: ms per iteration (GPU: median CUDA-event time, L2 flushed; CPU:
 pytest-benchmark's perf_counter), images per second, peak MiB, the loss traces. Goal (issue 15,
-H100/H200): >= 3x eager at 256x256 fp32 (BASELINES.md: eager 289.7 ms per iteration).
+H100/H200): >= 3x eager at 256x256 fp32 (docs/baselines.md: eager 289.7 ms per iteration).
 Options: --fastgan-quick or --fastgan-largest (GPU: 256 only), --fastgan-dtypes,
 --fastgan-providers, --fastgan-records (benchmarks/conftest.py).
 """

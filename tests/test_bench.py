@@ -1,6 +1,9 @@
 """fastgan.bench on CPU: shape sets, the table's GB/s cells, its footer, and the command."""
 
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,3 +66,14 @@ def test_the_cpu_command_prints_the_table_and_its_footer(capsys):
     row = next(line for line in out.splitlines() if line.startswith("bias_act"))
     assert row.split()[1] == "4x32x64x64"
     assert "bias_act: fwd 2|x| + |b|" in out and "x eager" not in out
+
+
+def test_every_benchmark_module_collects():
+    """The suite does not run benchmarks/: a module that no longer imports would first fail on
+    the GPU machine, inside the one device call a session gets."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tests collected" in proc.stdout, proc.stdout[-2000:]
