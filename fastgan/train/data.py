@@ -102,11 +102,11 @@ class ImageFolder:
     kept in memory (uint8). A file that cannot be read is skipped with one warning naming it."""
 
     def __init__(self, folder: str, resolution: int):
+        paths = find_images(folder)
         try:
             from PIL import Image
         except ImportError as err:
             raise ImportError("--data needs pillow: pip install 'fastgan[train]'") from err
-        paths = find_images(folder)
         images = []
         for path in paths:
             try:
