@@ -506,3 +506,35 @@ def test_fused_model_inside_fused_model(device, backend):
     with pytest.raises(ValueError, match="already active"):
         fuse_spectral_norm(model)
     _assert_runs_as_twin(model, twin, torch.randn(2, 3, device=device), backend, steps=2)
+
+
+class _TwoWeights(nn.Module):
+    """Two spectrally normalized Linear layers whose weights the forward just reads."""
+
+    def __init__(self, sn):
+        super().__init__()
+        self.a, self.b = sn(nn.Linear(5, 3)), sn(nn.Linear(9, 3))
+
+    def forward(self):
+        return self.a.weight.sum() + self.b.weight.sum()
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("fused", [False, True])
+def test_weight_replaced_with_another_shape_raises(device, backend, fused):
+    """A weight set to another number of columns leaves v stale: torch's mv raises. The kernels
+    must not start from v (they would read past it, or take another layer's part of the
+    concatenated v when the sizes swap): the same RuntimeError, before any launch."""
+    torch.manual_seed(12)
+    theirs = _TwoWeights(P.spectral_norm).to(device)
+    ours = _TwoWeights(spectral_norm).to(device)
+    if fused:
+        fuse_spectral_norm(ours)
+    for m in (theirs, ours):  # the column counts swap: 5 <-> 9, the total stays 14
+        m.a.weight = torch.randn(3, 9, device=device)
+        m.b.weight = torch.randn(3, 5, device=device)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        theirs()
+    with fastgan.use_backend(backend), pytest.raises(RuntimeError, match="size mismatch"):
+        ours()
+    assert all(m._pending is None for m in ours.modules() if hasattr(m, "_pending"))
