@@ -538,3 +538,24 @@ def test_weight_replaced_with_another_shape_raises(device, backend, fused):
     with fastgan.use_backend(backend), pytest.raises(RuntimeError, match="size mismatch"):
         ours()
     assert all(m._pending is None for m in ours.modules() if hasattr(m, "_pending"))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("kind", ["equal_linear", "equal_conv2d"])
+def test_equalized_layer_honours_parametrize_cached(device, backend, kind):
+    """Inside torch's `parametrize.cached()` a parametrized weight is computed once: two calls
+    of an equalized layer with spectral norm advance u, v once, as reading `.weight` twice
+    does, and both calls see the same normalized weight."""
+    from torch.nn.utils import parametrize as PZ
+
+    torch.manual_seed(13)
+    ours = spectral_norm(_layer(kind)).to(device)
+    torch.manual_seed(13)  # not a deep copy: that shares the class, whose cache key is ours
+    twin = spectral_norm(_layer(kind)).to(device)
+    g = torch.Generator().manual_seed(14)
+    x = _input(kind, device, g)
+    with fastgan.use_backend(backend), PZ.cached():
+        twin.weight, twin.weight  # computed once, cached
+        y1, y2 = ours(x), ours(x)
+    assert torch.equal(y1, y2)
+    assert torch.equal(_sn(ours)._u, _sn(twin)._u) and torch.equal(_sn(ours)._v, _sn(twin)._v)

@@ -145,7 +145,8 @@ def scaled_weight(module: nn.Module, scale: float, name: str = "weight") -> torc
     Args: module: the layer; scale: a Python float; name: the parameter's name.
     Returns: the scaled (and spectrally normalized) weight."""
     sn = _sole_spectral_norm(module, name)
-    if sn is None:
+    if sn is None or parametrize._cache_enabled:
+        # inside parametrize.cached(): the cached W / sigma, computed (and u, v advanced) once
         return getattr(module, name) * scale
     original = module.parametrizations[name].original
     if original.ndim == 1:
