@@ -559,3 +559,47 @@ def test_equalized_layer_honours_parametrize_cached(device, backend, kind):
         y1, y2 = ours(x), ours(x)
     assert torch.equal(y1, y2)
     assert torch.equal(_sn(ours)._u, _sn(twin)._u) and torch.equal(_sn(ours)._v, _sn(twin)._v)
+
+
+class _Interruptible(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = spectral_norm(nn.Linear(3, 4)), spectral_norm(nn.Linear(4, 2))
+        self.stop = False
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.stop:
+            raise KeyboardInterrupt  # not an Exception: torch runs no always_call hook
+        return self.b(h)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_path_recovers_from_an_interrupted_call(device, backend, monkeypatch):
+    """A call ended by KeyboardInterrupt (Ctrl-C in a notebook) skips the forward hook. The next
+    call must not be taken for a nested one: layer b, which the interrupted call never reached,
+    is put back (torch did not advance it) and its result dropped (a later call would take it,
+    computed from the weight before the step), later calls run fused again, u, v stay torch's."""
+    from fastgan.ops import spectral_norm as ops
+
+    torch.manual_seed(15)
+    model = _Interruptible().to(device)
+    twin = _torch_twin(model)
+    fuse_spectral_norm(model)
+    x = torch.randn(2, 3, device=device)
+    for m in (model, twin):
+        m.stop = True
+        with fastgan.use_backend(backend), pytest.raises(KeyboardInterrupt):
+            m(x)
+        m.stop = False
+    noise = torch.randn(2, 4, device=device)  # an optimizer step: a stale result would show
+    with torch.no_grad():
+        for m in (model, twin):
+            m.b.parametrizations.weight.original.add_(noise)
+    calls = []
+    if backend != "ref":
+        real = ops._KERNELS[backend]
+        monkeypatch.setitem(ops._KERNELS, backend, lambda *a: (calls.append(len(a[0])), real(*a))[1])
+    _assert_runs_as_twin(model, twin, x, backend, steps=2)
+    assert calls == ([2, 2] if backend != "ref" else [])
+    assert all(m._pending is None for m in model.modules() if hasattr(m, "_pending"))

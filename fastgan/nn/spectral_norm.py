@@ -19,6 +19,7 @@ torch's semantics. Eval mode never advances u, v.
 
 from __future__ import annotations
 
+import sys
 import weakref
 
 import torch
@@ -238,6 +239,25 @@ def load_legacy_spectral_norm(module: nn.Module, state_dict: dict, strict: bool 
 # ---------------------------------------------------------------------------------------------
 # The model-level path.
 
+_CALL_IMPL = getattr(getattr(nn.Module, "_call_impl", None), "__code__", None)
+
+
+def _enclosing_call_running(model: nn.Module) -> bool:
+    """Whether a call of `model` encloses the one whose pre-hook runs now: a second
+    `nn.Module._call_impl` frame of `model` on this thread's stack (walked only when the hook
+    still counts a call in progress: rare). True where torch has no such frame to look for."""
+    if _CALL_IMPL is None:
+        return True
+    frame, found = sys._getframe(1), 0
+    while frame is not None:
+        if frame.f_code is _CALL_IMPL and frame.f_locals.get("self") is model:
+            found += 1
+            if found == 2:
+                return True
+        frame = frame.f_back
+    return False
+
+
 class _FusedPowerIteration:
     """Forward pre-hook + always-called forward hook of the model (see the module docstring)."""
 
@@ -278,7 +298,14 @@ class _FusedPowerIteration:
     def pre(self, model: nn.Module, args) -> None:
         if torch.compiler.is_compiling():  # traced: the per-layer path (see the README)
             return
-        depth = self._depth[id(model)] = self._depth.get(id(model), 0) + 1
+        depth = self._depth.get(id(model), 0)
+        if depth and not _enclosing_call_running(model):
+            # an earlier call ended without the forward hook (a BaseException such as
+            # KeyboardInterrupt: torch runs always_call hooks on Exception only): end it now
+            self._depth[id(model)] = 1
+            self.post(model, args, None)
+            depth = 0
+        depth = self._depth[id(model)] = depth + 1
         if depth > 1:  # a call nested in the outermost one
             return
         active = self._active[id(model)] = []
