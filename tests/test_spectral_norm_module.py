@@ -599,7 +599,8 @@ def test_fused_path_recovers_from_an_interrupted_call(device, backend, monkeypat
     calls = []
     if backend != "ref":
         real = ops._KERNELS[backend]
-        monkeypatch.setitem(ops._KERNELS, backend, lambda *a: (calls.append(len(a[0])), real(*a))[1])
+        monkeypatch.setitem(ops._KERNELS, backend,
+                            lambda *a: (calls.append(len(a[0])), real(*a))[1])
     _assert_runs_as_twin(model, twin, x, backend, steps=2)
     assert calls == ([2, 2] if backend != "ref" else [])
     assert all(m._pending is None for m in model.modules() if hasattr(m, "_pending"))
