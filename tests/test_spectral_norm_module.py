@@ -604,3 +604,16 @@ def test_fused_path_recovers_from_an_interrupted_call(device, backend, monkeypat
     _assert_runs_as_twin(model, twin, x, backend, steps=2)
     assert calls == ([2, 2] if backend != "ref" else [])
     assert all(m._pending is None for m in model.modules() if hasattr(m, "_pending"))
+
+
+def test_meta_device_deferred_init():
+    """Built under torch.device("meta") (deferred initialization, as accelerate / FSDP do), a
+    layer with spectral norm is made and runs in training and eval mode, as torch's does."""
+    for sn in (P.spectral_norm, spectral_norm):
+        with torch.device("meta"):
+            layer = sn(nn.Linear(3, 4))
+        x = torch.randn(2, 3, device="meta")
+        assert layer(x).shape == (2, 4)
+        layer.eval()
+        assert layer(x).shape == (2, 4)
+        assert _sn(layer)._u.device.type == "meta"

@@ -19,6 +19,7 @@ torch's semantics. Eval mode never advances u, v.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import weakref
 
@@ -35,6 +36,14 @@ __all__ = ["SpectralNorm", "spectral_norm", "remove_spectral_norm", "load_legacy
            "fuse_spectral_norm", "SNConv2d", "SNLinear", "SNEmbedding"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _no_autocast(device_type: str):
+    """Autocast off for `device_type`; nothing to turn off where it has no autocast (meta
+    tensors of a deferred initialization: torch.autocast refuses that device type)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class SpectralNorm(nn.Module):
@@ -70,7 +79,7 @@ class SpectralNorm(nn.Module):
         """torch's `_power_method`: u, v updated in place (DataParallel replicas rely on it);
         half weights iterate in fp32, outside autocast."""
         acc = C_.acc_torch_dtype(w_mat.dtype)
-        with torch.autocast(w_mat.device.type, enabled=False):
+        with _no_autocast(w_mat.device.type):
             if acc != w_mat.dtype:
                 w_mat, u, v = w_mat.to(acc), self._u.to(acc), self._v.to(acc)
                 for _ in range(n):
@@ -108,7 +117,7 @@ class SpectralNorm(nn.Module):
         u = self._u.clone(memory_format=torch.contiguous_format)
         v = self._v.clone(memory_format=torch.contiguous_format)
         acc = C_.acc_torch_dtype(weight.dtype)
-        with torch.autocast(weight.device.type, enabled=False):  # sigma in fp32 under autocast
+        with _no_autocast(weight.device.type):  # sigma in fp32 under autocast
             return torch.vdot(u.to(acc), torch.mv(w_mat.to(acc), v.to(acc)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
