@@ -97,3 +97,29 @@ def test_a_backward_taking_more_than_the_forward_gives_needs_backward_ref():
             double_backward="(Tensor gg, Tensor dy, Tensor? dn, Tensor x, Tensor n, str backend)"
                             " -> (Tensor, Tensor, Tensor, Tensor)",
             triton=(None,) * 3, fake=(None,) * 3, reference=_cube_ref, save_outputs=(1,))
+
+
+_exp = _registry.declare(
+    "registry_test_exp",
+    forward="(Tensor x, str backend) -> Tensor",
+    backward="(Tensor grad, Tensor x, Tensor y, str backend) -> Tensor",
+    double_backward="(Tensor gg, Tensor grad, Tensor x, Tensor y, str backend)"
+                    " -> (Tensor, Tensor, Tensor)",
+    triton=(torch.exp, lambda grad, x, y: grad * y,
+            lambda gg, grad, x, y: (gg * y, torch.zeros_like(x), gg * grad)),
+    fake=(torch.empty_like, lambda grad, x, y: torch.empty_like(x),
+          lambda gg, grad, x, y: (torch.empty_like(x),) * 3),
+    backward_ref=lambda grad, x, y: grad * y,
+    save_outputs=(0,),
+)
+
+
+def test_a_single_output_forward_saves_its_whole_output():
+    """save_outputs=(0,) on a forward with one output saves that tensor (not its first row):
+    d exp(x) / dx = exp(x) through the saved y, to the second order."""
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    y = _exp.forward(x, "triton")
+    (g1,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    torch.testing.assert_close(g1, x.exp(), rtol=1e-12, atol=0)
+    (g2,) = torch.autograd.grad(g1.sum(), x)
+    torch.testing.assert_close(g2, x.exp(), rtol=1e-12, atol=0)

@@ -506,3 +506,114 @@ def test_fused_model_inside_fused_model(device, backend):
     with pytest.raises(ValueError, match="already active"):
         fuse_spectral_norm(model)
     _assert_runs_as_twin(model, twin, torch.randn(2, 3, device=device), backend, steps=2)
+
+
+class _TwoWeights(nn.Module):
+    """Two spectrally normalized Linear layers whose weights the forward just reads."""
+
+    def __init__(self, sn):
+        super().__init__()
+        self.a, self.b = sn(nn.Linear(5, 3)), sn(nn.Linear(9, 3))
+
+    def forward(self):
+        return self.a.weight.sum() + self.b.weight.sum()
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("fused", [False, True])
+def test_weight_replaced_with_another_shape_raises(device, backend, fused):
+    """A weight set to another number of columns leaves v stale: torch's mv raises. The kernels
+    must not start from v (they would read past it, or take another layer's part of the
+    concatenated v when the sizes swap): the same RuntimeError, before any launch."""
+    torch.manual_seed(12)
+    theirs = _TwoWeights(P.spectral_norm).to(device)
+    ours = _TwoWeights(spectral_norm).to(device)
+    if fused:
+        fuse_spectral_norm(ours)
+    for m in (theirs, ours):  # the column counts swap: 5 <-> 9, the total stays 14
+        m.a.weight = torch.randn(3, 9, device=device)
+        m.b.weight = torch.randn(3, 5, device=device)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        theirs()
+    with fastgan.use_backend(backend), pytest.raises(RuntimeError, match="size mismatch"):
+        ours()
+    assert all(m._pending is None for m in ours.modules() if hasattr(m, "_pending"))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("kind", ["equal_linear", "equal_conv2d"])
+def test_equalized_layer_honours_parametrize_cached(device, backend, kind):
+    """Inside torch's `parametrize.cached()` a parametrized weight is computed once: two calls
+    of an equalized layer with spectral norm advance u, v once, as reading `.weight` twice
+    does, and both calls see the same normalized weight."""
+    from torch.nn.utils import parametrize as PZ
+
+    torch.manual_seed(13)
+    ours = spectral_norm(_layer(kind)).to(device)
+    torch.manual_seed(13)  # not a deep copy: that shares the class, whose cache key is ours
+    twin = spectral_norm(_layer(kind)).to(device)
+    g = torch.Generator().manual_seed(14)
+    x = _input(kind, device, g)
+    with fastgan.use_backend(backend), PZ.cached():
+        twin.weight, twin.weight  # computed once, cached
+        y1, y2 = ours(x), ours(x)
+    assert torch.equal(y1, y2)
+    assert torch.equal(_sn(ours)._u, _sn(twin)._u) and torch.equal(_sn(ours)._v, _sn(twin)._v)
+
+
+class _Interruptible(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = spectral_norm(nn.Linear(3, 4)), spectral_norm(nn.Linear(4, 2))
+        self.stop = False
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.stop:
+            raise KeyboardInterrupt  # not an Exception: torch runs no always_call hook
+        return self.b(h)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_fused_path_recovers_from_an_interrupted_call(device, backend, monkeypatch):
+    """A call ended by KeyboardInterrupt (Ctrl-C in a notebook) skips the forward hook. The next
+    call must not be taken for a nested one: layer b, which the interrupted call never reached,
+    is put back (torch did not advance it) and its result dropped (a later call would take it,
+    computed from the weight before the step), later calls run fused again, u, v stay torch's."""
+    from fastgan.ops import spectral_norm as ops
+
+    torch.manual_seed(15)
+    model = _Interruptible().to(device)
+    twin = _torch_twin(model)
+    fuse_spectral_norm(model)
+    x = torch.randn(2, 3, device=device)
+    for m in (model, twin):
+        m.stop = True
+        with fastgan.use_backend(backend), pytest.raises(KeyboardInterrupt):
+            m(x)
+        m.stop = False
+    noise = torch.randn(2, 4, device=device)  # an optimizer step: a stale result would show
+    with torch.no_grad():
+        for m in (model, twin):
+            m.b.parametrizations.weight.original.add_(noise)
+    calls = []
+    if backend != "ref":
+        real = ops._KERNELS[backend]
+        monkeypatch.setitem(ops._KERNELS, backend,
+                            lambda *a: (calls.append(len(a[0])), real(*a))[1])
+    _assert_runs_as_twin(model, twin, x, backend, steps=2)
+    assert calls == ([2, 2] if backend != "ref" else [])
+    assert all(m._pending is None for m in model.modules() if hasattr(m, "_pending"))
+
+
+def test_meta_device_deferred_init():
+    """Built under torch.device("meta") (deferred initialization, as accelerate / FSDP do), a
+    layer with spectral norm is made and runs in training and eval mode, as torch's does."""
+    for sn in (P.spectral_norm, spectral_norm):
+        with torch.device("meta"):
+            layer = sn(nn.Linear(3, 4))
+        x = torch.randn(2, 3, device="meta")
+        assert layer(x).shape == (2, 4)
+        layer.eval()
+        assert layer(x).shape == (2, 4)
+        assert _sn(layer)._u.device.type == "meta"

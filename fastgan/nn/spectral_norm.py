@@ -19,6 +19,8 @@ torch's semantics. Eval mode never advances u, v.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import weakref
 
 import torch
@@ -34,6 +36,14 @@ __all__ = ["SpectralNorm", "spectral_norm", "remove_spectral_norm", "load_legacy
            "fuse_spectral_norm", "SNConv2d", "SNLinear", "SNEmbedding"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _no_autocast(device_type: str):
+    """Autocast off for `device_type`; nothing to turn off where it has no autocast (meta
+    tensors of a deferred initialization: torch.autocast refuses that device type)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class SpectralNorm(nn.Module):
@@ -69,7 +79,7 @@ class SpectralNorm(nn.Module):
         """torch's `_power_method`: u, v updated in place (DataParallel replicas rely on it);
         half weights iterate in fp32, outside autocast."""
         acc = C_.acc_torch_dtype(w_mat.dtype)
-        with torch.autocast(w_mat.device.type, enabled=False):
+        with _no_autocast(w_mat.device.type):
             if acc != w_mat.dtype:
                 w_mat, u, v = w_mat.to(acc), self._u.to(acc), self._v.to(acc)
                 for _ in range(n):
@@ -107,7 +117,7 @@ class SpectralNorm(nn.Module):
         u = self._u.clone(memory_format=torch.contiguous_format)
         v = self._v.clone(memory_format=torch.contiguous_format)
         acc = C_.acc_torch_dtype(weight.dtype)
-        with torch.autocast(weight.device.type, enabled=False):  # sigma in fp32 under autocast
+        with _no_autocast(weight.device.type):  # sigma in fp32 under autocast
             return torch.vdot(u.to(acc), torch.mv(w_mat.to(acc), v.to(acc)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -145,7 +155,8 @@ def scaled_weight(module: nn.Module, scale: float, name: str = "weight") -> torc
     Args: module: the layer; scale: a Python float; name: the parameter's name.
     Returns: the scaled (and spectrally normalized) weight."""
     sn = _sole_spectral_norm(module, name)
-    if sn is None:
+    if sn is None or parametrize._cache_enabled:
+        # inside parametrize.cached(): the cached W / sigma, computed (and u, v advanced) once
         return getattr(module, name) * scale
     original = module.parametrizations[name].original
     if original.ndim == 1:
@@ -237,6 +248,25 @@ def load_legacy_spectral_norm(module: nn.Module, state_dict: dict, strict: bool 
 # ---------------------------------------------------------------------------------------------
 # The model-level path.
 
+_CALL_IMPL = getattr(getattr(nn.Module, "_call_impl", None), "__code__", None)
+
+
+def _enclosing_call_running(model: nn.Module) -> bool:
+    """Whether a call of `model` encloses the one whose pre-hook runs now: a second
+    `nn.Module._call_impl` frame of `model` on this thread's stack (walked only when the hook
+    still counts a call in progress: rare). True where torch has no such frame to look for."""
+    if _CALL_IMPL is None:
+        return True
+    frame, found = sys._getframe(1), 0
+    while frame is not None:
+        if frame.f_code is _CALL_IMPL and frame.f_locals.get("self") is model:
+            found += 1
+            if found == 2:
+                return True
+        frame = frame.f_back
+    return False
+
+
 class _FusedPowerIteration:
     """Forward pre-hook + always-called forward hook of the model (see the module docstring)."""
 
@@ -277,7 +307,14 @@ class _FusedPowerIteration:
     def pre(self, model: nn.Module, args) -> None:
         if torch.compiler.is_compiling():  # traced: the per-layer path (see the README)
             return
-        depth = self._depth[id(model)] = self._depth.get(id(model), 0) + 1
+        depth = self._depth.get(id(model), 0)
+        if depth and not _enclosing_call_running(model):
+            # an earlier call ended without the forward hook (a BaseException such as
+            # KeyboardInterrupt: torch runs always_call hooks on Exception only): end it now
+            self._depth[id(model)] = 1
+            self.post(model, args, None)
+            depth = 0
+        depth = self._depth[id(model)] = depth + 1
         if depth > 1:  # a call nested in the outermost one
             return
         active = self._active[id(model)] = []

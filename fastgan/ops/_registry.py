@@ -149,7 +149,8 @@ def _chain_autograd(sig: _Signature, next_op, next_sig: _Signature, save_outputs
             outs = output if isinstance(output, tuple) else (output,)
             ctx.out_meta = [(o.shape, o.dtype, o.device) for o in outs]
         if save_outputs:
-            ctx.save_for_backward(*inputs[:n], *(output[i] for i in save_outputs))
+            outs = output if isinstance(output, tuple) else (output,)  # one output: not a row
+            ctx.save_for_backward(*inputs[:n], *(outs[i] for i in save_outputs))
         else:
             ctx.save_for_backward(*inputs[:n])
         ctx.params = inputs[n:]

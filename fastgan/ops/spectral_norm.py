@@ -353,6 +353,14 @@ def power_iteration_unchecked(weights, vs, dims, n_power_iterations, eps, backen
     fastgan.nn, whose registration checked them; vs 1-D, dims >= 0; call under no_grad). Eager calls
     run the kernels directly (the custom op's dispatch costs ~60 us of Python per call); a
     traced call goes through the op, which dynamo sees as one opaque node."""
+    for w, x, d in zip(weights, vs, dims):
+        # the one check kept: a weight set to another shape after registration leaves its v
+        # stale, and the kernels would read past it (or into the next layer's); torch's mv raises
+        k = w.numel() // w.shape[d]
+        if x.numel() != k:
+            raise RuntimeError(f"spectral norm: size mismatch, the weight {tuple(w.shape)} has "
+                               f"{k} columns without dim {d} but its v has {x.numel()} "
+                               "(the weight changed shape after spectral_norm was registered)")
     acc = C_.acc_torch_dtype(weights[0].dtype)
     v = torch.cat([x if x.dtype == acc else x.to(acc) for x in vs])
     if torch.compiler.is_compiling():
