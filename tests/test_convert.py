@@ -200,3 +200,42 @@ def test_converted_model_compiles_without_graph_breaks():
     with fastgan.use_backend(backend):
         out = torch.compile(model, fullgraph=True)(x)
     close(out, ref(x), "compiled")
+
+
+class SharedConv(nn.Module):
+    """One conv in two places: in a Sequential before a LeakyReLU, and called alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = PC.EqualizedConv2d(3, 3, 3, padding=1)
+        self.seq = nn.Sequential(self.conv, nn.LeakyReLU(0.2))
+
+    def forward(self, x):
+        return self.seq(x) + self.conv(x)
+
+
+def test_a_layer_used_elsewhere_is_not_fused():
+    torch.manual_seed(0)
+    model = SharedConv().to(F64)
+    twice = nn.Sequential(PC.EqualizedConv2d(3, 3, 1), nn.LeakyReLU(0.2)).to(F64)
+    twice.append(twice[0])  # the same conv again, with no activation after it
+    ref, ref_twice = copy.deepcopy(model), copy.deepcopy(twice)
+    report = fastgan.convert(model)
+    fastgan.convert(twice)
+    assert type(model.conv) is A.EqualizedConv2d and not report.fused
+    assert twice[0].fused_negative_slope is None and type(twice[1]) is nn.LeakyReLU
+    x = randn(2, 3, 5, 5)
+    close(model(x), ref(x), "shared conv")
+    close(twice(x), ref_twice(x), "conv twice")
+
+
+def test_a_compat_layer_with_hooks_is_not_fused():
+    seq = nn.Sequential(A.EqualizedConv2d(3, 3, 1), nn.LeakyReLU(0.2)).to(F64)
+    seen = []
+    seq[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    report = fastgan.convert(seq)
+    assert not report.fused and type(seq[1]) is nn.LeakyReLU
+    x = randn(2, 3, 4, 4)
+    seq(x)
+    close(seen[0], nn.functional.conv2d(x, seq[0].weight * seq[0].scale, seq[0].bias), "hook")
+

@@ -129,12 +129,22 @@ def _plan(model: nn.Module, report: ConversionReport) -> _Plan:
     def compat_class(m: nn.Module) -> type | None:
         return targets.get(id(m)) or (type(m) if is_compat(m) else None)
 
+    # slots (parent, name) holding each module: a layer in two slots is not fused in one of them
+    slots: dict[int, int] = {}
+    for _, parent in _post_order(model):
+        for child in parent._modules.values():
+            if child is not None:
+                slots[id(child)] = slots.get(id(child), 0) + 1
+
+    def shared(m: nn.Module) -> bool:
+        return slots.get(id(m), 0) > 1
+
     for path, m in _post_order(model):
         where = path or "(root)"
         _plan_class(m, where, planned, targets, plan, report)
         _plan_sites(m, path, plan, report)
         if isinstance(m, nn.Sequential):
-            for f in fusion_.plan_sequential(m, compat_class):
+            for f in fusion_.plan_sequential(m, compat_class, shared):
                 plan.folds.append((m, f))
                 report.fused.append((where, f.describe()))
     return plan
