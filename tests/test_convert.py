@@ -239,3 +239,22 @@ def test_a_compat_layer_with_hooks_is_not_fused():
     seq(x)
     close(seen[0], nn.functional.conv2d(x, seq[0].weight * seq[0].scale, seq[0].bias), "hook")
 
+
+class EqualizedConv2d(nn.Conv2d):
+    """Another codebase's class with the port's name, the port's `scale`, and a learning-rate
+    multiplier of its own: not the port's layer."""
+
+    def __init__(self, *args, lr_mul=0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = 2 ** 0.5 / (self.in_channels * self.kernel_size[0] * self.kernel_size[1]) ** 0.5
+        self.lr_mul = lr_mul
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.scale * self.lr_mul, self.bias)
+
+
+def test_a_namesake_with_attributes_of_its_own_is_left_alone():
+    model = nn.Sequential(EqualizedConv2d(3, 3, 3, padding=1)).to(F64)
+    report = fastgan.convert(model)
+    assert type(model[0]) is EqualizedConv2d and report.left_alone and not report.replaced
+    assert "lr_mul" in report.left_alone[0][2]

@@ -107,12 +107,33 @@ def _first(*reasons) -> str | None:
 
 # --- akanimax pro_gan_pytorch -------------------------------------------------------------
 
+# The instance attributes of the torch layers the port's equalized layers subclass.
+_TORCH_ATTRS = {cls: set(vars(make())) for cls, make in (
+    (nn.Conv2d, lambda: nn.Conv2d(1, 1, 1)),
+    (nn.ConvTranspose2d, lambda: nn.ConvTranspose2d(1, 1, 1)),
+    (nn.Linear, lambda: nn.Linear(1, 1)))}
+
+
+def _ak_attrs(m: nn.Module, torch_cls: type, class_name: str) -> str | None:
+    """The port's layer sets `scale` and nothing else beyond torch's attributes. A class that
+    only bears the port's name and sets more (a learning-rate multiplier, a gain) may use them in
+    its forward; extra attributes are accepted only from a subclass of the named class, whose
+    own class body check_own_class has checked."""
+    named = next(c for c in type(m).__mro__ if c.__name__ == class_name)
+    extra = set(vars(m)) - _TORCH_ATTRS[torch_cls] - {"scale"}
+    if extra and type(m) is named:
+        return f"it has attributes the port's {class_name} does not: {sorted(extra)}"
+    return None
+
+
 def _ak_conv(m, planned):
     if not isinstance(m, nn.Conv2d):
         return "not an nn.Conv2d"
     if isinstance(m.padding, str):
         return f"string padding {m.padding!r}"
-    return _scale_is(m, math.sqrt(2) / math.sqrt(math.prod(m.kernel_size) * m.in_channels))
+    return _first(_ak_attrs(m, nn.Conv2d, "EqualizedConv2d"),
+                  _scale_is(m, math.sqrt(2) / math.sqrt(math.prod(m.kernel_size)
+                                                        * m.in_channels)))
 
 
 def _ak_conv_t(m, planned):
@@ -120,13 +141,15 @@ def _ak_conv_t(m, planned):
         return "not an nn.ConvTranspose2d"
     if isinstance(m.padding, str):
         return f"string padding {m.padding!r}"
-    return _scale_is(m, math.sqrt(2) / math.sqrt(m.in_channels))
+    return _first(_ak_attrs(m, nn.ConvTranspose2d, "EqualizedConvTranspose2d"),
+                  _scale_is(m, math.sqrt(2) / math.sqrt(m.in_channels)))
 
 
 def _ak_linear(m, planned):
     if not isinstance(m, nn.Linear):
         return "not an nn.Linear"
-    return _scale_is(m, math.sqrt(2) / math.sqrt(m.in_features))
+    return _first(_ak_attrs(m, nn.Linear, "EqualizedLinear"),
+                  _scale_is(m, math.sqrt(2) / math.sqrt(m.in_features)))
 
 
 def _ak_mbstd(m, planned):
