@@ -168,3 +168,19 @@ def test_converted_models_equal_port(backend):
         compare(ref_D, D, real, name="D")
         compare_penalty_steps(ref_D, D, lambda m: P.gradient_penalty(
             m, real, fake, epsilon=eps.abs() / 4) + m(real).mean() - m(fake).mean(), "WGAN-GP")
+
+
+def test_inplace_false_copies_a_model_that_has_run():
+    # after a forward, each layer holds the hook's product `weight`, a tensor with a graph,
+    # which copy.deepcopy refuses: convert(inplace=False) must still copy the model
+    torch.manual_seed(0)
+    D = RosD().to(F64)
+    x = randn(2, 3, 8, 8)
+    ref = D(x)
+    report = fastgan.convert(D, inplace=False)
+    assert report.model is not D and not report.left_alone
+    assert all(type(m).__module__ != "fastgan.compat.rosinality" for m in D.modules())
+    assert all(m._forward_pre_hooks for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    close = torch.testing.assert_close
+    close(report.model(x), ref)
+    close(D(x), ref)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import torch
 from torch import nn
 
 from . import fusion as fusion_
@@ -150,6 +151,19 @@ def _plan(model: nn.Module, report: ConversionReport) -> _Plan:
     return plan
 
 
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also of a model whose modules hold a hook's product as a plain tensor
+    attribute (rosinality's EqualLR `weight`, torch's legacy spectral/weight norm), which has a
+    graph after a forward and which deepcopy refuses. The copy holds it detached: the hook
+    recomputes it before the next call, and convert drops it where it removes the hook."""
+    memo = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def convert(model: nn.Module, *, inplace: bool = True,
             dry_run: bool = False) -> ConversionReport:
     """Replace the recognized layers of `model` with fastgan-backed ones, keeping every
@@ -170,7 +184,7 @@ def convert(model: nn.Module, *, inplace: bool = True,
         if not isinstance(v, bool):
             raise TypeError(f"{name} must be a bool, got {v!r}")
     if not inplace and not dry_run:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     report = ConversionReport(model, dry_run=dry_run)
     plan = _plan(model, report)
     if dry_run:
