@@ -371,3 +371,19 @@ def test_console_script_exits_0(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fastgan-train"] + TINY + [
         "--out", str(tmp_path / "cs"), "--kimg-per-phase", "0.016"])
     assert cli.console_main() == 0
+
+
+def test_summary_line_without_a_distance(tmp_path, capsys, monkeypatch):
+    """A resumed run that has nothing left to train measures no distance at its end, and under
+    torchrun only rank 0 measures any: the command still ends normally, and only rank 0
+    prints the summary."""
+    out = str(tmp_path / "done")
+    args = TINY + ["--out", out, "--kimg-per-phase", "0.016"]
+    cli.main(args)
+    capsys.readouterr()
+    summary = cli.main(args + ["--resume"])
+    assert summary["swd_end"] is None and "done: " in capsys.readouterr().out
+    monkeypatch.setattr(cli, "run", lambda cfg: dict(summary, swd_start=None))
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(args + ["--resume"])["swd_start"] is None
+    assert capsys.readouterr().out == ""
