@@ -258,3 +258,13 @@ def test_a_namesake_with_attributes_of_its_own_is_left_alone():
     report = fastgan.convert(model)
     assert type(model[0]) is EqualizedConv2d and report.left_alone and not report.replaced
     assert "lr_mul" in report.left_alone[0][2]
+
+
+def test_an_activation_with_a_backward_pre_hook_is_not_absorbed():
+    seq = nn.Sequential(PC.EqualizedConv2d(3, 3, 1), nn.LeakyReLU(0.2)).to(F64)
+    calls = []
+    seq[1].register_full_backward_pre_hook(lambda m, g: calls.append(1))
+    report = fastgan.convert(seq)
+    assert not report.fused and type(seq[1]) is nn.LeakyReLU
+    seq(randn(2, 3, 4, 4).requires_grad_()).sum().backward()
+    assert calls == [1]

@@ -48,7 +48,8 @@ def plain_module(m: nn.Module, cls: type) -> bool:
     """m is exactly the torch class `cls`, with no hooks and no instance-level forward: what it
     computes is known."""
     return (type(m) is cls and not m._forward_hooks and not m._forward_pre_hooks
-            and not m._backward_hooks and "forward" not in vars(m))
+            and not m._backward_hooks and not getattr(m, "_backward_pre_hooks", None)
+            and "forward" not in vars(m))
 
 
 def _is_half_pool(m: nn.Module) -> bool:
