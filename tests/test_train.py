@@ -387,3 +387,21 @@ def test_summary_line_without_a_distance(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert cli.main(args + ["--resume"])["swd_start"] is None
     assert capsys.readouterr().out == ""
+
+
+def test_readme_torchrun_command_passes_the_checks():
+    """The README's multi-GPU command must not be refused: under N processes every
+    resolution's global batch has to split into groups of 4 per process."""
+    import pathlib
+    import shlex
+
+    from fastgan.train.config import check
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [ln for ln in readme.splitlines() if ln.startswith("torchrun ")]
+    assert lines
+    for line in lines:
+        words = shlex.split(line.split("#")[0])
+        nproc = int(words[words.index("--nproc_per_node") + 1])
+        argv = words[words.index("fastgan.train") + 1:]
+        check(resolve_defaults(cli.parse_args(argv), gpu=True, world_size=nproc))
