@@ -246,7 +246,8 @@ class EqualizedConv2d(nn.Conv2d):
 
     def __init__(self, *args, lr_mul=0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        self.scale = 2 ** 0.5 / (self.in_channels * self.kernel_size[0] * self.kernel_size[1]) ** 0.5
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.scale = 2 ** 0.5 / fan_in ** 0.5
         self.lr_mul = lr_mul
 
     def forward(self, x):
