@@ -405,3 +405,13 @@ def test_readme_torchrun_command_passes_the_checks():
         nproc = int(words[words.index("--nproc_per_node") + 1])
         argv = words[words.index("fastgan.train") + 1:]
         check(resolve_defaults(cli.parse_args(argv), gpu=True, world_size=nproc))
+
+
+def test_resume_from_a_checkpoint_into_a_new_out(tmp_path):
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    args = TINY + ["--kimg-per-phase", "0.016", "--checkpoint-kimg", "0.008"]
+    cli.main(args + ["--out", first])
+    ckpt = os.path.join(first, "checkpoint.pt")
+    summary = cli.main(args + ["--out", second, "--resume", ckpt])
+    assert summary["images"] == checkpoints.load(ckpt)["images"]
+    assert os.path.isdir(second)

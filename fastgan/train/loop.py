@@ -139,6 +139,7 @@ class Trainer:
         self.images, self.step = ckpt["images"], ckpt["step"]
         self.segment, self.swd_start = ckpt["segment"], ckpt["swd_start"]
         if self.world.main:
+            os.makedirs(self.cfg.out, exist_ok=True)  # --resume CHECKPOINT into a new --out
             self.log.truncate_after(self.step)
 
     def _checkpoint(self):
