@@ -269,3 +269,39 @@ def test_an_activation_with_a_backward_pre_hook_is_not_absorbed():
     assert not report.fused and type(seq[1]) is nn.LeakyReLU
     seq(randn(2, 3, 4, 4).requires_grad_()).sum().backward()
     assert calls == [1]
+
+
+class PixelNorm(nn.Module):
+    """Another codebase's PixelNorm: stateless like rosinality's, but over the last dim."""
+
+    def forward(self, x):
+        return x / torch.sqrt(torch.mean(x ** 2, dim=-1, keepdim=True) + 1e-8)
+
+
+class MinibatchStdDev(nn.Module):
+    """Another codebase's minibatch stddev with akanimax's name and attribute, but consecutive
+    groups (sample n in group n // G)."""
+
+    def __init__(self, group_size=2):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        y = x.view(n // self.group_size, self.group_size, c, h, w)
+        s = (y.var(1, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))
+        s = s.repeat_interleave(self.group_size).view(n, 1, 1, 1).expand(n, 1, h, w)
+        return torch.cat([x, s], 1)
+
+
+def test_stateless_namesakes_that_compute_otherwise_are_left_alone():
+    model = nn.Sequential(PixelNorm(), MinibatchStdDev()).to(F64)
+    state = torch.get_rng_state()
+    report = fastgan.convert(model)
+    assert torch.equal(torch.get_rng_state(), state)  # the check draws from its own generator
+    assert type(model[0]) is PixelNorm and type(model[1]) is MinibatchStdDev
+    assert not report.replaced and len(report.left_alone) == 2
+    x = randn(4, 3, 2, 2)
+    close(model(x), model[1](model[0](x)), "unchanged")
+    port = nn.Sequential(PC.PixelwiseNorm(), PC.MinibatchStdDev())
+    assert len(fastgan.convert(port).replaced) == 2
