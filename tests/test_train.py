@@ -415,3 +415,12 @@ def test_resume_from_a_checkpoint_into_a_new_out(tmp_path):
     summary = cli.main(args + ["--out", second, "--resume", ckpt])
     assert summary["images"] == checkpoints.load(ckpt)["images"]
     assert os.path.isdir(second)
+
+
+def test_resume_refusal_names_the_process_count_as_torchrun_takes_it():
+    """There is no --world-size option: a resume under another number of processes names
+    torchrun's --nproc_per_node."""
+    diff = checkpoints.differences({"world_size": 1, "seed": 0}, {"world_size": 2, "seed": 0})
+    assert diff == ["processes (torchrun --nproc_per_node): checkpoint 1, now 2"]
+    assert checkpoints.differences({"amp": False}, {"amp": True}) == [
+        "--amp: checkpoint False, now True"]
