@@ -8,6 +8,7 @@ conv.bias); pixel norm x / sqrt(mean x^2 + 1e-8); ConvBlock = nn.Sequential of (
 recognizes.
 """
 
+import copy
 import math
 
 import pytest
@@ -184,3 +185,18 @@ def test_inplace_false_copies_a_model_that_has_run():
     close = torch.testing.assert_close
     close(report.model(x), ref)
     close(D(x), ref)
+
+
+def test_two_layers_sharing_one_torch_layer_both_convert():
+    # tied layers: two EqualLinear wrappers around the same hooked nn.Linear
+    torch.manual_seed(0)
+    a = EqualLinear(4, 4)
+    b = EqualLinear(4, 4)
+    b.linear = a.linear
+    model = nn.Sequential(a, nn.LeakyReLU(0.2), b).to(F64)
+    ref = copy.deepcopy(model)
+    x = randn(3, 4)
+    report = fastgan.convert(model)
+    assert type(model[0]) is R.EqualLinear and type(model[2]) is R.EqualLinear
+    assert not report.left_alone and not model[0].linear._forward_pre_hooks
+    torch.testing.assert_close(model(x), ref(x))

@@ -332,8 +332,9 @@ def _ros_layer(child: str, torch_cls: type):
 def _ros_unhook(child: str):
     def prepare(m):
         layer = getattr(m, child)
-        key, _ = _equal_lr_hook(layer)
-        del layer._forward_pre_hooks[key]
+        found = _equal_lr_hook(layer)
+        if found is not None:  # None: another converted layer holding this child removed it
+            del layer._forward_pre_hooks[found[0]]
         layer.__dict__.pop("weight", None)  # the hook's last product, with its graph
     return prepare
 
