@@ -187,16 +187,21 @@ def test_inplace_false_copies_a_model_that_has_run():
     close(D(x), ref)
 
 
-def test_two_layers_sharing_one_torch_layer_both_convert():
-    # tied layers: two EqualLinear wrappers around the same hooked nn.Linear
+def test_a_torch_layer_held_twice_is_left_alone():
+    # two EqualLinear wrappers around the same hooked nn.Linear (tied layers), and a plain
+    # module that calls a hooked conv directly: removing a hook would break the other holder
     torch.manual_seed(0)
-    a = EqualLinear(4, 4)
-    b = EqualLinear(4, 4)
+    a, b = EqualLinear(4, 4), EqualLinear(4, 4)
     b.linear = a.linear
-    model = nn.Sequential(a, nn.LeakyReLU(0.2), b).to(F64)
+    eq = EqualConv2d(3, 3, 1)
+    convs = nn.ModuleDict(dict(eq=eq, raw=eq.conv))
+    model = nn.ModuleDict(dict(seq=nn.Sequential(a, nn.LeakyReLU(0.2), b), convs=convs)).to(F64)
     ref = copy.deepcopy(model)
-    x = randn(3, 4)
     report = fastgan.convert(model)
-    assert type(model[0]) is R.EqualLinear and type(model[2]) is R.EqualLinear
-    assert not report.left_alone and not model[0].linear._forward_pre_hooks
-    torch.testing.assert_close(model(x), ref(x))
+    assert not report.replaced and len(report.left_alone) == 3
+    assert all("also held" in r for _, _, r in report.left_alone)
+    x, y = randn(3, 4), randn(2, 3, 4, 4)
+    torch.testing.assert_close(model["seq"](x), ref["seq"](x))
+    torch.testing.assert_close(model["convs"]["raw"](y), ref["convs"]["raw"](y))
+    two = fastgan.convert(nn.Sequential(a, b).to(F64))  # the prepare of each tolerates the other
+    assert len(two.left_alone) == 2

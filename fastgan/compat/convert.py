@@ -87,7 +87,7 @@ class _Plan:
     folds: list[tuple[nn.Sequential, fusion_.Fusion]] = dataclasses.field(default_factory=list)
 
 
-def _plan_class(m, where, planned, targets, plan, report) -> None:
+def _plan_class(m, where, planned, targets, plan, report, shared) -> None:
     """Match m against the class table; plan its swap or report why not."""
     found = None if is_compat(m) else rules_for(m)
     if found is None:
@@ -97,6 +97,9 @@ def _plan_class(m, where, planned, targets, plan, report) -> None:
     reasons = [reason] if reason else []
     for rule in rules if reason is None else ():
         why = rule.why_not(m, planned)
+        if why is None and rule.changes_child and shared(getattr(m, rule.changes_child)):
+            why = (f"its {rule.changes_child} is also held by another module, which would "
+                   "lose the hook converting removes")
         if why is None:
             targets[id(m)] = rule.target
             plan.swaps.append((m, rule))
@@ -142,7 +145,7 @@ def _plan(model: nn.Module, report: ConversionReport) -> _Plan:
 
     for path, m in _post_order(model):
         where = path or "(root)"
-        _plan_class(m, where, planned, targets, plan, report)
+        _plan_class(m, where, planned, targets, plan, report, shared)
         _plan_sites(m, path, plan, report)
         if isinstance(m, nn.Sequential):
             for f in fusion_.plan_sequential(m, compat_class, shared):

@@ -38,6 +38,8 @@ class Rule:
         why_not: (module, planned) -> None if the structure matches, else the reason.
         prepare: run on the module just before its class is swapped (e.g. remove a hook).
         fuses: what the compat class computes fused, for the report ("" for nothing).
+        changes_child: the child that `prepare` changes (""), which must then be held by this
+            module alone: another holder would still call it as it was.
     """
 
     port: str
@@ -46,6 +48,7 @@ class Rule:
     why_not: Callable[[nn.Module, Planned], str | None]
     prepare: Callable[[nn.Module], None] = lambda m: None
     fuses: str = ""
+    changes_child: str = ""
 
 
 # Class attributes any module class carries; a subclass that defines anything else may compute
@@ -341,9 +344,9 @@ def _ros_unhook(child: str):
 
 _ROS_RULES = [
     Rule("rosinality", "EqualConv2d", rosinality.EqualConv2d, _ros_layer("conv", nn.Conv2d),
-         _ros_unhook("conv")),
+         _ros_unhook("conv"), changes_child="conv"),
     Rule("rosinality", "EqualLinear", rosinality.EqualLinear, _ros_layer("linear", nn.Linear),
-         _ros_unhook("linear")),
+         _ros_unhook("linear"), changes_child="linear"),
     Rule("rosinality", "PixelNorm", rosinality.PixelNorm, _stateless_norm(rosinality.PixelNorm)),
     Rule("rosinality", "SpectralNormConv2d", nn.Module,
          lambda m, p: "the port's own spectral norm (v first, u kept as a plain attribute) has "
