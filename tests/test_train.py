@@ -195,7 +195,7 @@ def _bad_png(folder, name="broken.png"):
 
 @pytest.mark.parametrize("case", ["resolution", "empty_data", "unreadable_data", "missing_data",
                                   "out_holds_run", "resume_other_config", "resume_missing",
-                                  "batch"])
+                                  "resume_into_a_file", "batch"])
 def test_bad_input_is_refused_before_any_work(tmp_path, case):
     out = tmp_path / "out"
     args = TINY + ["--out", str(out)]
@@ -228,17 +228,24 @@ def test_bad_input_is_refused_before_any_work(tmp_path, case):
     elif case == "resume_missing":
         args += ["--resume"]
         words = "no checkpoint at"
+    elif case == "resume_into_a_file":
+        elsewhere = tmp_path / "elsewhere.pt"
+        saved = resolve_defaults(cli.parse_args(args), False, 1)
+        checkpoints.save(str(elsewhere), {"run": saved.run_values(), "G": {}})
+        out.write_text("")
+        args += ["--resume", str(elsewhere)]
+        words = "is a file, not a folder"
     else:
         args += ["--batch", "6"]
         words = "--batch: the batch at 4x4 is 6"
     before = sorted(os.listdir(tmp_path))
-    files_in_out = sorted(os.listdir(out)) if out.exists() else None
+    files_in_out = sorted(os.listdir(out)) if out.is_dir() else None
     with pytest.warns(UserWarning, match="broken.png") if case == "unreadable_data" else \
             _no_context():
         with pytest.raises(ValueError, match=words):
             loop.run(cli.parse_args(args))
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
-    assert (sorted(os.listdir(out)) if out.exists() else None) == files_in_out
+    assert (sorted(os.listdir(out)) if out.is_dir() else None) == files_in_out
 
 
 class _no_context:
