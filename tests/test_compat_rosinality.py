@@ -8,6 +8,7 @@ conv.bias); pixel norm x / sqrt(mean x^2 + 1e-8); ConvBlock = nn.Sequential of (
 recognizes.
 """
 
+import copy
 import math
 
 import pytest
@@ -168,3 +169,39 @@ def test_converted_models_equal_port(backend):
         compare(ref_D, D, real, name="D")
         compare_penalty_steps(ref_D, D, lambda m: P.gradient_penalty(
             m, real, fake, epsilon=eps.abs() / 4) + m(real).mean() - m(fake).mean(), "WGAN-GP")
+
+
+def test_inplace_false_copies_a_model_that_has_run():
+    # after a forward, each layer holds the hook's product `weight`, a tensor with a graph,
+    # which copy.deepcopy refuses: convert(inplace=False) must still copy the model
+    torch.manual_seed(0)
+    D = RosD().to(F64)
+    x = randn(2, 3, 8, 8)
+    ref = D(x)
+    report = fastgan.convert(D, inplace=False)
+    assert report.model is not D and not report.left_alone
+    assert all(type(m).__module__ != "fastgan.compat.rosinality" for m in D.modules())
+    assert all(m._forward_pre_hooks for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    close = torch.testing.assert_close
+    close(report.model(x), ref)
+    close(D(x), ref)
+
+
+def test_a_torch_layer_held_twice_is_left_alone():
+    # two EqualLinear wrappers around the same hooked nn.Linear (tied layers), and a plain
+    # module that calls a hooked conv directly: removing a hook would break the other holder
+    torch.manual_seed(0)
+    a, b = EqualLinear(4, 4), EqualLinear(4, 4)
+    b.linear = a.linear
+    eq = EqualConv2d(3, 3, 1)
+    convs = nn.ModuleDict(dict(eq=eq, raw=eq.conv))
+    model = nn.ModuleDict(dict(seq=nn.Sequential(a, nn.LeakyReLU(0.2), b), convs=convs)).to(F64)
+    ref = copy.deepcopy(model)
+    report = fastgan.convert(model)
+    assert not report.replaced and len(report.left_alone) == 3
+    assert all("also held" in r for _, _, r in report.left_alone)
+    x, y = randn(3, 4), randn(2, 3, 4, 4)
+    torch.testing.assert_close(model["seq"](x), ref["seq"](x))
+    torch.testing.assert_close(model["convs"]["raw"](y), ref["convs"]["raw"](y))
+    two = fastgan.convert(nn.Sequential(a, b).to(F64))  # the prepare of each tolerates the other
+    assert len(two.left_alone) == 2

@@ -200,3 +200,108 @@ def test_converted_model_compiles_without_graph_breaks():
     with fastgan.use_backend(backend):
         out = torch.compile(model, fullgraph=True)(x)
     close(out, ref(x), "compiled")
+
+
+class SharedConv(nn.Module):
+    """One conv in two places: in a Sequential before a LeakyReLU, and called alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = PC.EqualizedConv2d(3, 3, 3, padding=1)
+        self.seq = nn.Sequential(self.conv, nn.LeakyReLU(0.2))
+
+    def forward(self, x):
+        return self.seq(x) + self.conv(x)
+
+
+def test_a_layer_used_elsewhere_is_not_fused():
+    torch.manual_seed(0)
+    model = SharedConv().to(F64)
+    twice = nn.Sequential(PC.EqualizedConv2d(3, 3, 1), nn.LeakyReLU(0.2)).to(F64)
+    twice.append(twice[0])  # the same conv again, with no activation after it
+    ref, ref_twice = copy.deepcopy(model), copy.deepcopy(twice)
+    report = fastgan.convert(model)
+    fastgan.convert(twice)
+    assert type(model.conv) is A.EqualizedConv2d and not report.fused
+    assert twice[0].fused_negative_slope is None and type(twice[1]) is nn.LeakyReLU
+    x = randn(2, 3, 5, 5)
+    close(model(x), ref(x), "shared conv")
+    close(twice(x), ref_twice(x), "conv twice")
+
+
+def test_a_compat_layer_with_hooks_is_not_fused():
+    seq = nn.Sequential(A.EqualizedConv2d(3, 3, 1), nn.LeakyReLU(0.2)).to(F64)
+    seen = []
+    seq[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    report = fastgan.convert(seq)
+    assert not report.fused and type(seq[1]) is nn.LeakyReLU
+    x = randn(2, 3, 4, 4)
+    seq(x)
+    close(seen[0], nn.functional.conv2d(x, seq[0].weight * seq[0].scale, seq[0].bias), "hook")
+
+
+class EqualizedConv2d(nn.Conv2d):
+    """Another codebase's class with the port's name, the port's `scale`, and a learning-rate
+    multiplier of its own: not the port's layer."""
+
+    def __init__(self, *args, lr_mul=0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.scale = 2 ** 0.5 / fan_in ** 0.5
+        self.lr_mul = lr_mul
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.scale * self.lr_mul, self.bias)
+
+
+def test_a_namesake_with_attributes_of_its_own_is_left_alone():
+    model = nn.Sequential(EqualizedConv2d(3, 3, 3, padding=1)).to(F64)
+    report = fastgan.convert(model)
+    assert type(model[0]) is EqualizedConv2d and report.left_alone and not report.replaced
+    assert "lr_mul" in report.left_alone[0][2]
+
+
+def test_an_activation_with_a_backward_pre_hook_is_not_absorbed():
+    seq = nn.Sequential(PC.EqualizedConv2d(3, 3, 1), nn.LeakyReLU(0.2)).to(F64)
+    calls = []
+    seq[1].register_full_backward_pre_hook(lambda m, g: calls.append(1))
+    report = fastgan.convert(seq)
+    assert not report.fused and type(seq[1]) is nn.LeakyReLU
+    seq(randn(2, 3, 4, 4).requires_grad_()).sum().backward()
+    assert calls == [1]
+
+
+class PixelNorm(nn.Module):
+    """Another codebase's PixelNorm: stateless like rosinality's, but over the last dim."""
+
+    def forward(self, x):
+        return x / torch.sqrt(torch.mean(x ** 2, dim=-1, keepdim=True) + 1e-8)
+
+
+class MinibatchStdDev(nn.Module):
+    """Another codebase's minibatch stddev with akanimax's name and attribute, but consecutive
+    groups (sample n in group n // G)."""
+
+    def __init__(self, group_size=2):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        y = x.view(n // self.group_size, self.group_size, c, h, w)
+        s = (y.var(1, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))
+        s = s.repeat_interleave(self.group_size).view(n, 1, 1, 1).expand(n, 1, h, w)
+        return torch.cat([x, s], 1)
+
+
+def test_stateless_namesakes_that_compute_otherwise_are_left_alone():
+    model = nn.Sequential(PixelNorm(), MinibatchStdDev()).to(F64)
+    state = torch.get_rng_state()
+    report = fastgan.convert(model)
+    assert torch.equal(torch.get_rng_state(), state)  # the check draws from its own generator
+    assert type(model[0]) is PixelNorm and type(model[1]) is MinibatchStdDev
+    assert not report.replaced and len(report.left_alone) == 2
+    x = randn(4, 3, 2, 2)
+    close(model(x), model[1](model[0](x)), "unchanged")
+    port = nn.Sequential(PC.PixelwiseNorm(), PC.MinibatchStdDev())
+    assert len(fastgan.convert(port).replaced) == 2

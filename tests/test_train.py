@@ -195,7 +195,7 @@ def _bad_png(folder, name="broken.png"):
 
 @pytest.mark.parametrize("case", ["resolution", "empty_data", "unreadable_data", "missing_data",
                                   "out_holds_run", "resume_other_config", "resume_missing",
-                                  "batch"])
+                                  "resume_into_a_file", "batch"])
 def test_bad_input_is_refused_before_any_work(tmp_path, case):
     out = tmp_path / "out"
     args = TINY + ["--out", str(out)]
@@ -228,17 +228,24 @@ def test_bad_input_is_refused_before_any_work(tmp_path, case):
     elif case == "resume_missing":
         args += ["--resume"]
         words = "no checkpoint at"
+    elif case == "resume_into_a_file":
+        elsewhere = tmp_path / "elsewhere.pt"
+        saved = resolve_defaults(cli.parse_args(args), False, 1)
+        checkpoints.save(str(elsewhere), {"run": saved.run_values(), "G": {}})
+        out.write_text("")
+        args += ["--resume", str(elsewhere)]
+        words = "is a file, not a folder"
     else:
         args += ["--batch", "6"]
         words = "--batch: the batch at 4x4 is 6"
     before = sorted(os.listdir(tmp_path))
-    files_in_out = sorted(os.listdir(out)) if out.exists() else None
+    files_in_out = sorted(os.listdir(out)) if out.is_dir() else None
     with pytest.warns(UserWarning, match="broken.png") if case == "unreadable_data" else \
             _no_context():
         with pytest.raises(ValueError, match=words):
             loop.run(cli.parse_args(args))
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
-    assert (sorted(os.listdir(out)) if out.exists() else None) == files_in_out
+    assert (sorted(os.listdir(out)) if out.is_dir() else None) == files_in_out
 
 
 class _no_context:
@@ -371,3 +378,56 @@ def test_console_script_exits_0(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fastgan-train"] + TINY + [
         "--out", str(tmp_path / "cs"), "--kimg-per-phase", "0.016"])
     assert cli.console_main() == 0
+
+
+def test_summary_line_without_a_distance(tmp_path, capsys, monkeypatch):
+    """A resumed run that has nothing left to train measures no distance at its end, and under
+    torchrun only rank 0 measures any: the command still ends normally, and only rank 0
+    prints the summary."""
+    out = str(tmp_path / "done")
+    args = TINY + ["--out", out, "--kimg-per-phase", "0.016"]
+    cli.main(args)
+    capsys.readouterr()
+    summary = cli.main(args + ["--resume"])
+    assert summary["swd_end"] is None and "done: " in capsys.readouterr().out
+    monkeypatch.setattr(cli, "run", lambda cfg: dict(summary, swd_start=None))
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(args + ["--resume"])["swd_start"] is None
+    assert capsys.readouterr().out == ""
+
+
+def test_readme_torchrun_command_passes_the_checks():
+    """The README's multi-GPU command must not be refused: under N processes every
+    resolution's global batch has to split into groups of 4 per process."""
+    import pathlib
+    import shlex
+
+    from fastgan.train.config import check
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [ln for ln in readme.splitlines() if ln.startswith("torchrun ")]
+    assert lines
+    for line in lines:
+        words = shlex.split(line.split("#")[0])
+        nproc = int(words[words.index("--nproc_per_node") + 1])
+        argv = words[words.index("fastgan.train") + 1:]
+        check(resolve_defaults(cli.parse_args(argv), gpu=True, world_size=nproc))
+
+
+def test_resume_from_a_checkpoint_into_a_new_out(tmp_path):
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    args = TINY + ["--kimg-per-phase", "0.016", "--checkpoint-kimg", "0.008"]
+    cli.main(args + ["--out", first])
+    ckpt = os.path.join(first, "checkpoint.pt")
+    summary = cli.main(args + ["--out", second, "--resume", ckpt])
+    assert summary["images"] == checkpoints.load(ckpt)["images"]
+    assert os.path.isdir(second)
+
+
+def test_resume_refusal_names_the_process_count_as_torchrun_takes_it():
+    """There is no --world-size option: a resume under another number of processes names
+    torchrun's --nproc_per_node."""
+    diff = checkpoints.differences({"world_size": 1, "seed": 0}, {"world_size": 2, "seed": 0})
+    assert diff == ["processes (torchrun --nproc_per_node): checkpoint 1, now 2"]
+    assert checkpoints.differences({"amp": False}, {"amp": True}) == [
+        "--amp: checkpoint False, now True"]

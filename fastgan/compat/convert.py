@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import torch
 from torch import nn
 
 from . import fusion as fusion_
@@ -86,7 +87,7 @@ class _Plan:
     folds: list[tuple[nn.Sequential, fusion_.Fusion]] = dataclasses.field(default_factory=list)
 
 
-def _plan_class(m, where, planned, targets, plan, report) -> None:
+def _plan_class(m, where, planned, targets, plan, report, shared) -> None:
     """Match m against the class table; plan its swap or report why not."""
     found = None if is_compat(m) else rules_for(m)
     if found is None:
@@ -96,6 +97,9 @@ def _plan_class(m, where, planned, targets, plan, report) -> None:
     reasons = [reason] if reason else []
     for rule in rules if reason is None else ():
         why = rule.why_not(m, planned)
+        if why is None and rule.changes_child and shared(getattr(m, rule.changes_child)):
+            why = (f"its {rule.changes_child} is also held by another module, which would "
+                   "lose the hook converting removes")
         if why is None:
             targets[id(m)] = rule.target
             plan.swaps.append((m, rule))
@@ -129,15 +133,38 @@ def _plan(model: nn.Module, report: ConversionReport) -> _Plan:
     def compat_class(m: nn.Module) -> type | None:
         return targets.get(id(m)) or (type(m) if is_compat(m) else None)
 
+    # slots (parent, name) holding each module: a layer in two slots is not fused in one of them
+    slots: dict[int, int] = {}
+    for _, parent in _post_order(model):
+        for child in parent._modules.values():
+            if child is not None:
+                slots[id(child)] = slots.get(id(child), 0) + 1
+
+    def shared(m: nn.Module) -> bool:
+        return slots.get(id(m), 0) > 1
+
     for path, m in _post_order(model):
         where = path or "(root)"
-        _plan_class(m, where, planned, targets, plan, report)
+        _plan_class(m, where, planned, targets, plan, report, shared)
         _plan_sites(m, path, plan, report)
         if isinstance(m, nn.Sequential):
-            for f in fusion_.plan_sequential(m, compat_class):
+            for f in fusion_.plan_sequential(m, compat_class, shared):
                 plan.folds.append((m, f))
                 report.fused.append((where, f.describe()))
     return plan
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also of a model whose modules hold a hook's product as a plain tensor
+    attribute (rosinality's EqualLR `weight`, torch's legacy spectral/weight norm), which has a
+    graph after a forward and which deepcopy refuses. The copy holds it detached: the hook
+    recomputes it before the next call, and convert drops it where it removes the hook."""
+    memo = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def convert(model: nn.Module, *, inplace: bool = True,
@@ -160,7 +187,7 @@ def convert(model: nn.Module, *, inplace: bool = True,
         if not isinstance(v, bool):
             raise TypeError(f"{name} must be a bool, got {v!r}")
     if not inplace and not dry_run:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     report = ConversionReport(model, dry_run=dry_run)
     plan = _plan(model, report)
     if dry_run:

@@ -48,7 +48,8 @@ def plain_module(m: nn.Module, cls: type) -> bool:
     """m is exactly the torch class `cls`, with no hooks and no instance-level forward: what it
     computes is known."""
     return (type(m) is cls and not m._forward_hooks and not m._forward_pre_hooks
-            and not m._backward_hooks and "forward" not in vars(m))
+            and not m._backward_hooks and not getattr(m, "_backward_pre_hooks", None)
+            and "forward" not in vars(m))
 
 
 def _is_half_pool(m: nn.Module) -> bool:
@@ -67,13 +68,24 @@ def _torch_conv(m: nn.Module) -> nn.Module | None:
     return None
 
 
+def _fold_target(m: nn.Module, shared: Callable[[nn.Module], bool]) -> bool:
+    """m may take in what follows it: no hook would see (or is given) a changed output or
+    gradient, and no other place of the model calls it (and expects its plain output)."""
+    return not (m._forward_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None) or shared(m))
+
+
 def plan_sequential(seq: nn.Sequential,
-                    compat_class: Callable[[nn.Module], type | None]) -> list[Fusion]:
+                    compat_class: Callable[[nn.Module], type | None],
+                    shared: Callable[[nn.Module], bool] = lambda m: False) -> list[Fusion]:
     """The fusions possible in `seq`, changing nothing.
 
     Args:
         seq: the nn.Sequential.
         compat_class: gives the compat class a child is (or will be once converted), or None.
+        shared: whether a module is also held somewhere else (another slot of seq, another
+            module): such a layer is not fused, since its other uses are not followed by what
+            it would absorb.
 
     Returns:
         The fusions, in order.
@@ -86,9 +98,10 @@ def plan_sequential(seq: nn.Sequential,
     while i < len(mods):
         cls = compat_class(mods[i])
         if (cls is None or not hasattr(cls, "fused_negative_slope")
-                or getattr(mods[i], "fused_negative_slope", None) is not None):
-            i += 1  # not a compat layer, or one that already ends in its activation
-            continue
+                or getattr(mods[i], "fused_negative_slope", None) is not None
+                or not _fold_target(mods[i], shared)):
+            i += 1  # not a compat layer, one that already ends in its activation, or one
+            continue  # with hooks or other uses
         j = i + 1
         if (j < len(mods) and hasattr(cls, "fused_resample")
                 and getattr(mods[i], "fused_resample", None) is None and _is_half_pool(mods[j])
@@ -127,8 +140,9 @@ def fuse_sequential(seq: nn.Sequential) -> list[Fusion]:
     Returns:
         The fusions applied.
     """
+    ids = [id(m) for m in seq]
     fusions = plan_sequential(seq, lambda m: type(m) if hasattr(m, "fused_negative_slope")
-                              else None)
+                              else None, lambda m: ids.count(id(m)) > 1)
     for f in fusions:
         apply_fusion(seq, f)
     return fusions

@@ -1,7 +1,8 @@
 """The table `fastgan.convert` reads: one Rule per foreign layer kind it recognizes.
 
 A layer is recognized by the name of a class in its MRO and by its structure (its torch type,
-children, parameters, attributes and hooks), never by importing the port. A rule's `why_not`
+children, parameters, attributes and hooks; a stateless layer, whose structure says nothing,
+also by its output on one small fp64 probe), never by importing the port. A rule's `why_not`
 returns None when the structure is the port's, else the reason it is left alone. A recognized
 layer is converted by swapping its class for the compat one (after `prepare`), so the object,
 its parameters, buffers and state_dict keys are all the user's own: optimizers and checkpoints
@@ -14,6 +15,7 @@ import dataclasses
 import math
 from typing import Callable
 
+import torch
 from torch import nn
 
 from . import akanimax, gan_zoo, rosinality
@@ -36,6 +38,8 @@ class Rule:
         why_not: (module, planned) -> None if the structure matches, else the reason.
         prepare: run on the module just before its class is swapped (e.g. remove a hook).
         fuses: what the compat class computes fused, for the report ("" for nothing).
+        changes_child: the child that `prepare` changes (""), which must then be held by this
+            module alone: another holder would still call it as it was.
     """
 
     port: str
@@ -44,6 +48,7 @@ class Rule:
     why_not: Callable[[nn.Module, Planned], str | None]
     prepare: Callable[[nn.Module], None] = lambda m: None
     fuses: str = ""
+    changes_child: str = ""
 
 
 # Class attributes any module class carries; a subclass that defines anything else may compute
@@ -105,14 +110,67 @@ def _first(*reasons) -> str | None:
     return next((r for r in reasons if r is not None), None)
 
 
+def _computes_as(m: nn.Module, target: type, shape: tuple) -> str | None:
+    """A stateless layer's class name and attributes say little about its forward (another
+    codebase's PixelNorm may normalize another dim, its MinibatchStdDev group otherwise): run m
+    and the compat class (on fastgan's reference ops) on one fp64 CPU probe drawn from a
+    generator of its own, and compare."""
+    from .._backend import use_backend
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    twin = object.__new__(target)
+    twin.__dict__.update(vars(m))
+    with torch.no_grad():
+        with use_backend("ref"):
+            got = twin(x)
+        try:
+            want = m(x)
+        except Exception as err:  # any failure: not the port's layer
+            return (f"it fails on a probe input of shape {list(shape)} "
+                    f"({type(err).__name__}: {err})")
+    if (not isinstance(want, torch.Tensor) or want.shape != got.shape
+            or want.dtype != got.dtype
+            or not torch.allclose(want, got, rtol=1e-9, atol=1e-12)):
+        return (f"its output on a probe input of shape {list(shape)} is not the port's "
+                f"{target.__name__}'s")
+    return None
+
+
+def _stateless_norm(target: type):
+    def why_not(m, planned):
+        return _stateless(m) or _computes_as(m, target, (4, 3, 2, 2))
+    return why_not
+
+
 # --- akanimax pro_gan_pytorch -------------------------------------------------------------
+
+# The instance attributes of the torch layers the port's equalized layers subclass.
+_TORCH_ATTRS = {cls: set(vars(make())) for cls, make in (
+    (nn.Conv2d, lambda: nn.Conv2d(1, 1, 1)),
+    (nn.ConvTranspose2d, lambda: nn.ConvTranspose2d(1, 1, 1)),
+    (nn.Linear, lambda: nn.Linear(1, 1)))}
+
+
+def _ak_attrs(m: nn.Module, torch_cls: type, class_name: str) -> str | None:
+    """The port's layer sets `scale` and nothing else beyond torch's attributes. A class that
+    only bears the port's name and sets more (a learning-rate multiplier, a gain) may use them in
+    its forward; extra attributes are accepted only from a subclass of the named class, whose
+    own class body check_own_class has checked."""
+    named = next(c for c in type(m).__mro__ if c.__name__ == class_name)
+    extra = set(vars(m)) - _TORCH_ATTRS[torch_cls] - {"scale"}
+    if extra and type(m) is named:
+        return f"it has attributes the port's {class_name} does not: {sorted(extra)}"
+    return None
+
 
 def _ak_conv(m, planned):
     if not isinstance(m, nn.Conv2d):
         return "not an nn.Conv2d"
     if isinstance(m.padding, str):
         return f"string padding {m.padding!r}"
-    return _scale_is(m, math.sqrt(2) / math.sqrt(math.prod(m.kernel_size) * m.in_channels))
+    return _first(_ak_attrs(m, nn.Conv2d, "EqualizedConv2d"),
+                  _scale_is(m, math.sqrt(2) / math.sqrt(math.prod(m.kernel_size)
+                                                        * m.in_channels)))
 
 
 def _ak_conv_t(m, planned):
@@ -120,13 +178,15 @@ def _ak_conv_t(m, planned):
         return "not an nn.ConvTranspose2d"
     if isinstance(m.padding, str):
         return f"string padding {m.padding!r}"
-    return _scale_is(m, math.sqrt(2) / math.sqrt(m.in_channels))
+    return _first(_ak_attrs(m, nn.ConvTranspose2d, "EqualizedConvTranspose2d"),
+                  _scale_is(m, math.sqrt(2) / math.sqrt(m.in_channels)))
 
 
 def _ak_linear(m, planned):
     if not isinstance(m, nn.Linear):
         return "not an nn.Linear"
-    return _scale_is(m, math.sqrt(2) / math.sqrt(m.in_features))
+    return _first(_ak_attrs(m, nn.Linear, "EqualizedLinear"),
+                  _scale_is(m, math.sqrt(2) / math.sqrt(m.in_features)))
 
 
 def _ak_mbstd(m, planned):
@@ -134,6 +194,8 @@ def _ak_mbstd(m, planned):
     if r is None and (isinstance(m.group_size, bool) or not isinstance(m.group_size, int)
                       or m.group_size < 1):
         r = f"group_size {m.group_size!r} is not a positive int"
+    if r is None:  # two groups, distinct samples: strided and consecutive groups differ
+        r = _computes_as(m, akanimax.MinibatchStdDev, (2 * m.group_size, 2, 2, 2))
     return r
 
 
@@ -185,7 +247,8 @@ _AK_RULES = [
     Rule("akanimax", "EqualizedConv2d", akanimax.EqualizedConv2d, _ak_conv),
     Rule("akanimax", "EqualizedConvTranspose2d", akanimax.EqualizedConvTranspose2d, _ak_conv_t),
     Rule("akanimax", "EqualizedLinear", akanimax.EqualizedLinear, _ak_linear),
-    Rule("akanimax", "PixelwiseNorm", akanimax.PixelwiseNorm, lambda m, p: _stateless(m)),
+    Rule("akanimax", "PixelwiseNorm", akanimax.PixelwiseNorm,
+         _stateless_norm(akanimax.PixelwiseNorm)),
     Rule("akanimax", "MinibatchStdDev", akanimax.MinibatchStdDev, _ak_mbstd),
     Rule("akanimax", "GenInitialBlock", akanimax.GenInitialBlock,
          _ak_block({"conv_1": "conv_t", "conv_2": "conv", "pixNorm": _PIX,
@@ -233,7 +296,7 @@ _ZOO_RULES = [
     Rule("gan_zoo", "EqualizedConv2d", gan_zoo.EqualizedConv2d, _zoo_layer(nn.Conv2d)),
     Rule("gan_zoo", "EqualizedLinear", gan_zoo.EqualizedLinear, _zoo_layer(nn.Linear)),
     Rule("gan_zoo", "NormalizationLayer", gan_zoo.NormalizationLayer,
-         lambda m, p: _stateless(m)),
+         _stateless_norm(gan_zoo.NormalizationLayer)),
 ]
 
 
@@ -272,18 +335,19 @@ def _ros_layer(child: str, torch_cls: type):
 def _ros_unhook(child: str):
     def prepare(m):
         layer = getattr(m, child)
-        key, _ = _equal_lr_hook(layer)
-        del layer._forward_pre_hooks[key]
+        found = _equal_lr_hook(layer)
+        if found is not None:  # None: another converted layer holding this child removed it
+            del layer._forward_pre_hooks[found[0]]
         layer.__dict__.pop("weight", None)  # the hook's last product, with its graph
     return prepare
 
 
 _ROS_RULES = [
     Rule("rosinality", "EqualConv2d", rosinality.EqualConv2d, _ros_layer("conv", nn.Conv2d),
-         _ros_unhook("conv")),
+         _ros_unhook("conv"), changes_child="conv"),
     Rule("rosinality", "EqualLinear", rosinality.EqualLinear, _ros_layer("linear", nn.Linear),
-         _ros_unhook("linear")),
-    Rule("rosinality", "PixelNorm", rosinality.PixelNorm, lambda m, p: _stateless(m)),
+         _ros_unhook("linear"), changes_child="linear"),
+    Rule("rosinality", "PixelNorm", rosinality.PixelNorm, _stateless_norm(rosinality.PixelNorm)),
     Rule("rosinality", "SpectralNormConv2d", nn.Module,
          lambda m, p: "the port's own spectral norm (v first, u kept as a plain attribute) has "
                       "no fastgan counterpart"),

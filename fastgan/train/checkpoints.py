@@ -44,13 +44,18 @@ def load(path: str) -> dict:
     return ckpt
 
 
+# run values that are no command-line option, as the user sets them
+_NOT_OPTIONS = {"world_size": "processes (torchrun --nproc_per_node)"}
+
+
 def differences(saved: dict, current: dict) -> list[str]:
     """'--name: checkpoint X, now Y' for every run option that differs."""
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if a != b:
-            out.append(f"--{key.replace('_', '-')}: checkpoint {a!r}, now {b!r}")
+            name = _NOT_OPTIONS.get(key, f"--{key.replace('_', '-')}")
+            out.append(f"{name}: checkpoint {a!r}, now {b!r}")
     return out
 
 

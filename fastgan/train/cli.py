@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .config import parse_args
@@ -27,10 +28,18 @@ def main(argv=None) -> dict | None:
         print(f"\nfastgan.train: interrupted; continue from the last checkpoint with the same "
               f"options and --resume (--out {cfg.out})", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"done: {summary['images'] / 1000:.1f} kimg in {summary['steps']} steps, "
-          f"{summary['seconds']:.0f} s; sliced Wasserstein distance {summary['swd_start']:.4f} "
-          f"at the start, {summary['swd_end']:.4f} at the end; outputs in {summary['out']}")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: the other ranks measure nothing
+        print(f"done: {summary['images'] / 1000:.1f} kimg in {summary['steps']} steps, "
+              f"{summary['seconds']:.0f} s; sliced Wasserstein distance "
+              f"{_distance(summary['swd_start'])} at the start, {_distance(summary['swd_end'])} "
+              f"at the end; outputs in {summary['out']}")
     return summary
+
+
+def _distance(value) -> str:
+    """A distance of the summary; None where none was measured (a resumed run that had nothing
+    left to train measures none at its end)."""
+    return "not measured" if value is None else f"{value:.4f}"
 
 
 def console_main() -> int:

@@ -48,14 +48,14 @@ def ema_beta_at(beta: float, step: int) -> float:
 def _check_out(cfg: TrainConfig) -> str | None:
     """The checkpoint to resume from, or None; refuses an output folder holding another run."""
     ckpt_path = os.path.join(cfg.out, checkpoints.CHECKPOINT)
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"--out {cfg.out!r} is a file, not a folder")
     if cfg.resume is not None:
         return cfg.resume or ckpt_path
     if os.path.isfile(os.path.join(cfg.out, outputs.LOG)) or os.path.isfile(ckpt_path):
         raise ValueError(f"--out {cfg.out!r} already holds a run ({outputs.LOG} / "
                          f"{checkpoints.CHECKPOINT}): pass --resume to continue it, or choose "
                          "another --out")
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise ValueError(f"--out {cfg.out!r} is a file, not a folder")
     return None
 
 
@@ -139,6 +139,7 @@ class Trainer:
         self.images, self.step = ckpt["images"], ckpt["step"]
         self.segment, self.swd_start = ckpt["segment"], ckpt["swd_start"]
         if self.world.main:
+            os.makedirs(self.cfg.out, exist_ok=True)  # --resume CHECKPOINT into a new --out
             self.log.truncate_after(self.step)
 
     def _checkpoint(self):
