@@ -18,7 +18,7 @@ from ._backend import (  # noqa: E402
 )
 from . import functional, nn  # noqa: E402
 
-_LAZY = ("compat", "losses", "penalties")  # penalties imports torch._dynamo (~1 s): only when used
+_LAZY = ("compat", "losses", "metrics", "penalties")  # penalties imports torch._dynamo (~1 s): only when used
 
 
 def __getattr__(name):
@@ -35,5 +35,6 @@ def __getattr__(name):
 
 __all__ = [
     "BACKENDS", "BackendFallbackWarning", "available_backends", "get_backend", "set_backend",
-    "use_backend", "compat", "convert", "functional", "losses", "nn", "penalties", "__version__",
+    "use_backend", "compat", "convert", "functional", "losses", "metrics", "nn", "penalties",
+    "__version__",
 ]

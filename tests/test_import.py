@@ -35,6 +35,18 @@ def test_import_leaves_dynamo_out(modules):
     assert out.strip() == "[]", f"import {modules} imported {out.strip()}"
 
 
+def test_lazy_attributes_load_on_first_use():
+    out = _python("""
+        import sys
+        import fastgan
+        lazy = ("compat", "losses", "metrics", "penalties")
+        print([f"fastgan.{m}" in sys.modules for m in lazy])
+        print(callable(fastgan.metrics.sliced_wasserstein), callable(fastgan.convert),
+              callable(fastgan.penalties.gradient_penalty), callable(fastgan.losses.wgan_d_loss))
+    """)
+    assert out.split("\n")[:2] == ["[False, False, False, False]", "True True True True"], out
+
+
 def test_backend_choice_is_marked_the_way_torch_marks_constants():
     """_backend marks its resolver as torch.compiler.assume_constant_result would, without
     importing dynamo: the decorator must still set exactly that attribute, and nothing else."""
