@@ -123,3 +123,43 @@ def test_a_single_output_forward_saves_its_whole_output():
     torch.testing.assert_close(g1, x.exp(), rtol=1e-12, atol=0)
     (g2,) = torch.autograd.grad(g1.sum(), x)
     torch.testing.assert_close(g2, x.exp(), rtol=1e-12, atol=0)
+
+
+class _OnSecondGpu(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:1: what the device guard looks at."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+    @property
+    def device(self):
+        return torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("current", [0, 1])
+def test_triton_entries_run_on_their_tensors_device(monkeypatch, current):
+    """Triton launches on the current CUDA device: a kernel entry must make its tensors' device
+    current first (checked without a GPU: the device queries are stood in for)."""
+    entered = []
+
+    class _Device:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "device", _Device)
+    seen = []
+    fn = _registry.on_tensor_device(lambda *args: seen.append(list(entered)) or "ran")
+    x = torch.zeros(2).as_subclass(_OnSecondGpu)
+    assert fn(None, [x], 1.0) == "ran" and fn(x) == "ran"
+    expected = [] if current == 1 else [torch.device("cuda", 1)]
+    assert seen[0] == expected and seen[1] == expected * 2
+    assert fn(torch.zeros(2), 3) == "ran"  # CPU tensors: no device switch
+    assert len(entered) == len(expected) * 2

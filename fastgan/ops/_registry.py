@@ -123,6 +123,29 @@ def _cuda_entry(name: str, stage: str, n_tensors: int, cuda_params):
         *args[:n_tensors], *cuda_params(*args[n_tensors:]))
 
 
+def _first_tensor(args):
+    """The first tensor among `args`, looking into a list argument by its first element."""
+    for a in args:
+        if isinstance(a, (list, tuple)) and a:
+            a = a[0]
+        if isinstance(a, torch.Tensor):
+            return a
+    return None
+
+
+def on_tensor_device(fn):
+    """`fn` run with its first tensor argument's CUDA device current. Triton launches on the
+    current device, not its tensors' (the CUDA bindings guard themselves), so a tensor on cuda:1
+    while cuda:0 is current needs this."""
+    def run(*args):
+        t = _first_tensor(args)
+        if t is not None and t.is_cuda and t.device.index != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return fn(*args)
+        return fn(*args)
+    return run
+
+
 def _impl(table: dict):
     def run(*args):
         return table[args[-1]](*args[:-1])
@@ -249,7 +272,7 @@ def declare(name: str, *, forward: str, backward: str, double_backward: str,
 
     ops = []
     for k, stage in enumerate(STAGES):
-        table = {"triton": triton[k],
+        table = {"triton": on_tensor_device(triton[k]),
                  "cuda": _cuda_entry(name, stage, sigs[k].n_tensors, cuda_params)}
         op = torch.library.custom_op(quals[k], _impl(table), mutates_args=(), schema=schemas[k])
         op.register_fake(_fake(fake[k]))

@@ -33,6 +33,7 @@ import triton.language as tl
 
 from .. import _backend
 from . import _common as C_
+from . import _registry
 
 __all__ = ["power_iteration", "power_iteration_ref", "power_iteration_unchecked", "sigma_with_grad",
            "weight_to_matrix"]
@@ -256,7 +257,7 @@ def _triton_power_iteration(weights, v, dims, n_power_iterations, eps):
 
 
 _KERNELS = {
-    "triton": _triton_power_iteration,
+    "triton": _registry.on_tensor_device(_triton_power_iteration),
     "cuda": lambda *a: torch.ops.fastgan_cuda.spectral_norm_forward(*a),
 }
 
