@@ -454,6 +454,7 @@ def _ddp_worker(rank, world, port, backend, queue):
                  for p, q in zip(model.parameters(), twin.parameters())]
         queue.put(((gathered[1] - gathered[0]).abs().max().item(),
                    (gathered[0] - want).abs().max().item(), max(grads)))
+    dist.barrier()  # a rank that leaves while the other still works can abort gloo (SIGABRT)
     dist.destroy_process_group()
 
 

@@ -298,6 +298,8 @@ def run(cfg: TrainConfig) -> dict:
     if world.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # see --device's help
     try:
-        return Trainer(cfg, world).train()
+        summary = Trainer(cfg, world).train()
+        world.barrier()  # no process tears its group down while another still works (gloo aborts)
+        return summary
     finally:
         world.close()
